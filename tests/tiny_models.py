@@ -1,0 +1,46 @@
+"""Tiny randomly initialised models of every supported family, built from configs (no download)."""
+
+from __future__ import annotations
+
+import torch
+from transformers import (
+    Gemma2Config,
+    Gemma3TextConfig,
+    GemmaConfig,
+    GPT2Config,
+    GPTNeoXConfig,
+    LlamaConfig,
+    MistralConfig,
+    OPTConfig,
+    PreTrainedModel,
+    Qwen2Config,
+    Qwen3Config,
+)
+from transformers import AutoModelForCausalLM
+
+VOCAB = 97
+_COMMON = dict(vocab_size=VOCAB, hidden_size=32, intermediate_size=64, num_hidden_layers=4,
+               num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128)
+
+TINY_CONFIGS = {
+    "llama": lambda: LlamaConfig(**_COMMON),
+    "mistral": lambda: MistralConfig(**_COMMON, sliding_window=8),
+    "qwen2": lambda: Qwen2Config(**_COMMON),
+    "qwen3": lambda: Qwen3Config(**_COMMON, head_dim=8),
+    "gemma": lambda: GemmaConfig(**_COMMON, head_dim=8),
+    "gemma2": lambda: Gemma2Config(**_COMMON, head_dim=8, sliding_window=8, final_logit_softcapping=3.0),
+    "gemma3": lambda: Gemma3TextConfig(**_COMMON, head_dim=8, sliding_window=8, final_logit_softcapping=3.0),
+    "opt": lambda: OPTConfig(vocab_size=VOCAB, hidden_size=32, ffn_dim=64, num_hidden_layers=4,
+                             num_attention_heads=4, max_position_embeddings=128, word_embed_proj_dim=16),
+    "gpt2": lambda: GPT2Config(vocab_size=VOCAB, n_embd=32, n_layer=4, n_head=4, n_positions=128),
+    "gpt_neox": lambda: GPTNeoXConfig(vocab_size=VOCAB, hidden_size=32, intermediate_size=64,
+                                      num_hidden_layers=4, num_attention_heads=4, max_position_embeddings=128),
+}
+
+
+def tiny_model(family: str, seed: int = 0) -> PreTrainedModel:
+    """A random fp32 model in eval mode; the scale of its weights is raised so logits are not flat."""
+    torch.manual_seed(seed)
+    config = TINY_CONFIGS[family]()
+    config.initializer_range = 0.2
+    return AutoModelForCausalLM.from_config(config, dtype=torch.float32).eval()
