@@ -1,0 +1,211 @@
+"""`adainfer` on the command line: a thin shell over the Python API.
+
+Every verb parses its arguments, calls the API and prints. Expected failures (bad input files,
+bad prompts, a classifier for another model) print one line on stderr and exit with code 2.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, Any
+
+import numpy as np
+import typer
+from rich.console import Console
+from rich.progress import Progress
+
+from adainfer.collect import collect as collect_rows
+from adainfer.collect import load_collection
+from adainfer.features import PAPER_FEATURES, check_feature_names
+from adainfer.loading import DEFAULT_MODEL, EMBEDDED_MODELS, cache_root
+from adainfer.model import EarlyExitModel
+from adainfer.policies import CRFPolicy, GapThresholdPolicy, SVMPolicy, load_policy
+from adainfer.predict import predict as predict_one
+from adainfer.tasks import TASKS, build_prompts, load_examples, load_jsonl_task, read_prompts_jsonl, write_prompts_jsonl
+
+app = typer.Typer(
+    help="Instance-aware early exit for frozen decoder-only LLMs (AdaInfer, arXiv 2403.02181).",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
+err = Console(stderr=True)
+
+ModelOption = Annotated[
+    str | None,
+    typer.Option("--model", "-m", help=f"Embedded model ({', '.join(EMBEDDED_MODELS)}), a local HF directory or a .gguf file. Default: {DEFAULT_MODEL}."),
+]
+CacheOption = Annotated[
+    Path | None, typer.Option("--cache-dir", help="Where converted models are kept. Default: $ADAINFER_CACHE or ~/.cache/adainfer.")
+]
+
+
+def _clean_errors(command: Callable[..., Any]) -> Callable[..., Any]:
+    """Turn expected errors into one line on stderr and exit code 2."""
+
+    @functools.wraps(command)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return command(*args, **kwargs)
+        except (ValueError, FileNotFoundError) as error:
+            err.print(f"[red]error:[/red] {error}", highlight=False, soft_wrap=True)
+            raise typer.Exit(code=2) from None
+
+    return wrapper
+
+
+def _load(model: str | None, cache_dir: Path | None) -> EarlyExitModel:
+    with err.status(f"loading {model or DEFAULT_MODEL} (the first load of a GGUF model converts it once)"):
+        return EarlyExitModel.from_pretrained(model, cache_dir)
+
+
+def _features(text: str) -> tuple[str, ...]:
+    return check_feature_names([name.strip() for name in text.split(",") if name.strip()])
+
+
+@app.command()
+@_clean_errors
+def info(model: ModelOption = None, cache_dir: CacheOption = None) -> None:
+    """Show the model's family, layers, sizes, context and cache location."""
+    loaded = _load(model, cache_dir)
+    typer.echo(json.dumps({
+        "model": loaded.loaded.name,
+        "source": loaded.loaded.source,
+        "family": loaded.executor.family.layers and type(loaded.model).__name__,
+        "num_layers": loaded.num_layers,
+        "hidden_size": loaded.cost_model.hidden_size,
+        "vocab_size": loaded.cost_model.vocab_size,
+        "max_context": loaded.max_context,
+        "cache_root": str(cache_root(cache_dir)),
+        "converted_copy": str(loaded.loaded.cache_path) if loaded.loaded.cache_path else None,
+        "load_seconds": round(loaded.loaded.load_seconds, 2),
+        "identity": loaded.identity(),
+    }, indent=2))
+
+
+@app.command()
+@_clean_errors
+def prompts(
+    task: Annotated[str, typer.Argument(help=f"A built-in task ({', '.join(TASKS)}) or a JSONL file of {{input, output}} lines.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="JSONL file of {prompt, answer} to write.")],
+    split: Annotated[str, typer.Option(help="train (for classifier training) or eval.")] = "train",
+    shots: Annotated[int, typer.Option(help="Demonstrations per prompt, drawn from the train split.")] = 5,
+    limit: Annotated[int | None, typer.Option(help="Number of prompts (a seeded sample).")] = None,
+    seed: int = 0,
+    data_dir: Annotated[Path | None, typer.Option(help="Datasets folder. Default: $ADAINFER_DATA or ../shared/data.")] = None,
+) -> None:
+    """Write zero- or few-shot prompts `Q: x\\nA:` with their gold answers."""
+    if split not in ("train", "eval"):
+        raise ValueError(f"--split must be train or eval, got {split!r}")
+    if task in TASKS:
+        pool = load_examples(task, "train", data_dir)
+        queries = pool if split == "train" else load_examples(task, "eval", data_dir)
+    else:
+        pool = queries = load_jsonl_task(Path(task))
+    written = build_prompts(queries, pool, shots=shots, limit=limit, seed=seed)
+    write_prompts_jsonl(written, out)
+    err.print(f"wrote {len(written)} prompts to {out}")
+
+
+@app.command()
+@_clean_errors
+def collect(
+    prompts_file: Annotated[Path, typer.Argument(help="JSONL of {prompt, answer}.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Rows file (JSONL); an existing one is resumed.")],
+    features: Annotated[str, typer.Option(help="Comma-separated features to record.")] = "gap,top_prob,depth",
+    model: ModelOption = None,
+    cache_dir: CacheOption = None,
+) -> None:
+    """Record one row per (prompt, layer): lens features and whether the layer's top-1 is the gold token."""
+    items = read_prompts_jsonl(prompts_file)
+    names = _features(features)
+    loaded = _load(model, cache_dir)
+    with Progress(console=err) as progress:
+        bar = progress.add_task("collecting", total=len(items))
+        added = collect_rows(loaded, items, out, names, on_prompt=lambda _: progress.advance(bar))
+        progress.update(bar, completed=len(items))
+    err.print(f"{added} prompts added, {len(items)} in {out}")
+
+
+POLICIES = {"svm": SVMPolicy, "crf": CRFPolicy, "gap": GapThresholdPolicy}
+
+
+@app.command()
+@_clean_errors
+def train(
+    rows_file: Annotated[Path, typer.Argument(help="Rows written by `adainfer collect`.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Directory for the trained policy.")],
+    policy: Annotated[str, typer.Option(help="svm (paper default), crf, or gap (stop when gap > threshold).")] = "svm",
+    features: Annotated[str, typer.Option(help="Comma-separated features; the paper's are gap,top_prob.")] = ",".join(PAPER_FEATURES),
+    threshold: Annotated[float, typer.Option(help="Gap threshold for --policy gap.")] = 0.8,
+) -> None:
+    """Fit a stop policy on collected rows and save it with the identity of the model they came from."""
+    if policy not in POLICIES:
+        raise ValueError(f"--policy must be one of {', '.join(POLICIES)}, got {policy!r}")
+    collection = load_collection(rows_file)
+    names = _features(features)
+    if policy == "gap":
+        estimator = GapThresholdPolicy(threshold=threshold, feature=names[0])
+    else:
+        estimator = POLICIES[policy](features=names)
+    X = collection.select(estimator.features)
+    estimator.fit(X, collection.labels)
+    estimator.save(out, collection.model_identity)
+    decisions = estimator.predict(X)
+    exit_index = np.where(decisions.any(axis=1), decisions.argmax(axis=1), X.shape[1] - 1)
+    answers = collection.top1[np.arange(len(exit_index)), exit_index]
+    typer.echo(json.dumps({
+        "policy": policy,
+        "features": list(estimator.features),
+        "train_prompts": int(X.shape[0]),
+        "train_accuracy_full_depth": round(float((collection.top1[:, -1] == collection.gold).mean()), 4),
+        "train_accuracy_early_exit": round(float((answers == collection.gold).mean()), 4),
+        "train_mean_exit_layer": round(float(exit_index.mean() + 1), 3),
+        "saved_to": str(out),
+    }, indent=2))
+
+
+@app.command()
+@_clean_errors
+def predict(
+    prompts_file: Annotated[Path, typer.Argument(help="JSONL of {prompt} (an `answer` key, if present, is scored).")],
+    policy_dir: Annotated[Path, typer.Option("--policy", "-p", help="Directory written by `adainfer train`.")],
+    out: Annotated[Path | None, typer.Option("--out", "-o", help="Results JSONL. Default: stdout.")] = None,
+    model: ModelOption = None,
+    cache_dir: CacheOption = None,
+) -> None:
+    """Answer each prompt with early exit: answer, exit layer, FLOPs ratios (paper's and with check cost)."""
+    items = read_prompts_jsonl(prompts_file, require_answer=False)
+    loaded = _load(model, cache_dir)
+    policy = load_policy(policy_dir, expected_identity=loaded.identity())
+    for number, item in enumerate(items, start=1):
+        try:
+            loaded.encode(item.prompt)
+        except ValueError as error:
+            raise ValueError(f"{prompts_file}:{number}: {error}") from None
+    sink = out.open("w", encoding="utf-8") if out else sys.stdout
+    correct = 0
+    exit_layers = []
+    try:
+        with Progress(console=err, transient=out is None) as progress:
+            for item in progress.track(items, description="predicting"):
+                result = predict_one(loaded, item.prompt, policy).to_dict()
+                record = {"prompt": item.prompt, **{k: v for k, v in result.items() if k not in ("trace", "top1_trace")},
+                          "trace": result["trace"]}
+                if item.answer:
+                    record["gold"] = item.answer
+                    record["correct"] = result["answer_token_id"] == loaded.answer_token(item.prompt, item.answer)
+                    correct += record["correct"]
+                exit_layers.append(result["exit_layer"])
+                sink.write(json.dumps(record) + "\n")
+                sink.flush()
+    finally:
+        if out:
+            sink.close()
+    summary = {"prompts": len(items), "mean_exit_layer": float(np.mean(exit_layers)) if exit_layers else None}
+    if items and all(item.answer for item in items):
+        summary["accuracy"] = correct / len(items)
+    err.print(json.dumps(summary), highlight=False)

@@ -1,0 +1,166 @@
+"""Training data for stop policies (paper App. C): one row per (prompt, layer), written as JSONL.
+
+The first line is a header with the model identity, the number of layers and the feature names;
+every later line is one row `{"prompt_index", "layer", <features>, "top1", "gold", "label"}`
+with `layer` 1-based and `label` 1 when that layer's top-1 token is the gold answer's first
+token. The rows of a prompt are written in one call and flushed, so an interrupted run keeps
+every finished prompt and a rerun with the same arguments resumes after it.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from adainfer.model import EarlyExitModel
+from adainfer.tasks import LabelledPrompt
+
+
+class CollectionFileError(ValueError):
+    """A collection file that cannot be read or does not match the requested run."""
+
+
+@dataclass
+class Collection:
+    """Collected rows as arrays: features (prompts, layers, n_features), labels and top-1 ids (prompts, layers)."""
+
+    features: np.ndarray
+    labels: np.ndarray
+    top1: np.ndarray
+    gold: np.ndarray
+    feature_names: tuple[str, ...]
+    model_identity: dict[str, object]
+
+    def select(self, names: Sequence[str]) -> np.ndarray:
+        """The feature columns `names`, in that order; a clear error for a name not collected."""
+        missing = [name for name in names if name not in self.feature_names]
+        if missing:
+            raise CollectionFileError(
+                f"features {missing} were not collected (collected: {', '.join(self.feature_names)})"
+            )
+        return self.features[:, :, [self.feature_names.index(name) for name in names]]
+
+
+def _header(model: EarlyExitModel, feature_names: tuple[str, ...]) -> dict[str, object]:
+    return {
+        "adainfer_collection": 1,
+        "model_identity": model.identity(),
+        "num_layers": model.num_layers,
+        "feature_names": list(feature_names),
+    }
+
+
+def _read_lines(path: Path) -> Iterator[tuple[int, dict]]:
+    with path.open(encoding="utf-8") as handle:
+        for number, line in enumerate(handle, start=1):
+            if not line.strip():
+                continue
+            try:
+                yield number, json.loads(line)
+            except json.JSONDecodeError as error:
+                raise CollectionFileError(f"{path}:{number}: not valid JSON ({error.msg})") from error
+
+
+def _complete_prompts(path: Path, header: dict[str, object]) -> tuple[set[int], list[str]]:
+    """Indices of prompts with all their rows in `path`, and those rows' lines, checking the header."""
+    lines = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            lines.append((0, json.loads(line)))
+        except json.JSONDecodeError:
+            continue  # a line cut short by an interrupted write; its prompt is redone
+    if not lines or lines[0][1] != header:
+        raise CollectionFileError(
+            f"{path} was collected with another model or other features; use a new output file"
+        )
+    rows_per_prompt: dict[int, list[dict]] = {}
+    for _, row in lines[1:]:
+        rows_per_prompt.setdefault(row["prompt_index"], []).append(row)
+    layers = header["num_layers"]
+    complete = {index for index, rows in rows_per_prompt.items() if len(rows) == layers}
+    kept = [json.dumps(row) for index in sorted(complete) for row in rows_per_prompt[index]]
+    return complete, kept
+
+
+def collect(
+    model: EarlyExitModel,
+    prompts: Sequence[LabelledPrompt],
+    output: Path,
+    feature_names: Sequence[str],
+    on_prompt: Callable[[int], None] | None = None,
+) -> int:
+    """Append the rows of every prompt not yet in `output`; returns how many prompts were added.
+
+    `on_prompt(index)` is called after each prompt, for progress bars.
+    """
+    output = Path(output)
+    feature_names = tuple(feature_names)
+    header = _header(model, feature_names)
+    done: set[int] = set()
+    if output.exists() and output.stat().st_size > 0:
+        done, kept = _complete_prompts(output, header)
+        # Rewrite without a half-written prompt from an interrupted run.
+        output.write_text("\n".join([json.dumps(header), *kept]) + "\n", encoding="utf-8")
+    else:
+        output.parent.mkdir(parents=True, exist_ok=True)
+        output.write_text(json.dumps(header) + "\n", encoding="utf-8")
+    added = 0
+    with output.open("a", encoding="utf-8") as handle:
+        for index, item in enumerate(prompts):
+            if index in done:
+                continue
+            trace = model.trace(item.prompt, feature_names)
+            gold = model.answer_token(item.prompt, item.answer)
+            rows = []
+            for layer, (values, top1) in enumerate(zip(trace.features, trace.top1), start=1):
+                row = {"prompt_index": index, "layer": layer}
+                row.update({name: round(float(value), 6) for name, value in zip(feature_names, values)})
+                row.update({"top1": int(top1), "gold": gold, "label": int(top1 == gold)})
+                rows.append(json.dumps(row))
+            handle.write("\n".join(rows) + "\n")
+            handle.flush()
+            added += 1
+            if on_prompt is not None:
+                on_prompt(index)
+    return added
+
+
+def load_collection(path: Path) -> Collection:
+    """Read a collection file written by `collect` into arrays; incomplete prompts are skipped."""
+    path = Path(path)
+    if not path.exists():
+        raise CollectionFileError(f"{path}: no such collection file")
+    lines = _read_lines(path)
+    first = next(lines, None)
+    if first is None or "adainfer_collection" not in first[1]:
+        raise CollectionFileError(f"{path}: not a collection file (no adainfer header on line 1)")
+    header = first[1]
+    names = tuple(header["feature_names"])
+    layers = header["num_layers"]
+    grouped: dict[int, list[dict]] = {}
+    for number, row in lines:
+        try:
+            grouped.setdefault(row["prompt_index"], []).append(row)
+            [row[key] for key in (*names, "layer", "top1", "gold", "label")]
+        except (KeyError, TypeError) as error:
+            raise CollectionFileError(f"{path}:{number}: row lacks {error}") from error
+    complete = [sorted(rows, key=lambda row: row["layer"]) for _, rows in sorted(grouped.items())
+                if len(rows) == layers]
+    if not complete:
+        raise CollectionFileError(f"{path}: no complete prompt collected")
+
+    def column(*keys: str, dtype: type) -> np.ndarray:
+        return np.array([[[row[key] for key in keys] for row in rows] for rows in complete], dtype=dtype)
+
+    return Collection(
+        features=column(*names, dtype=np.float32),
+        labels=column("label", dtype=np.int64)[..., 0],
+        top1=column("top1", dtype=np.int64)[..., 0],
+        gold=column("gold", dtype=np.int64)[:, 0, 0],
+        feature_names=names,
+        model_identity=header["model_identity"],
+    )
