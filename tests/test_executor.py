@@ -3,7 +3,7 @@ import torch
 
 from adainfer.executor import LayerExecutor
 from adainfer.families import UnsupportedArchitectureError
-from tiny_models import TINY_CONFIGS, VOCAB, tiny_model
+from adainfer.tiny_models import TINY_CONFIGS, VOCAB, tiny_model
 
 
 @pytest.fixture(params=sorted(TINY_CONFIGS))

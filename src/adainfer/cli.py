@@ -20,12 +20,13 @@ from rich.progress import Progress
 
 from adainfer.collect import collect as collect_rows
 from adainfer.collect import load_collection
+from adainfer.evaluate import evaluate_policy
 from adainfer.features import PAPER_FEATURES, check_feature_names
 from adainfer.loading import DEFAULT_MODEL, EMBEDDED_MODELS, cache_root
 from adainfer.model import EarlyExitModel
 from adainfer.policies import CRFPolicy, GapThresholdPolicy, SVMPolicy, load_policy
 from adainfer.predict import predict as predict_one
-from adainfer.tasks import TASKS, build_prompts, load_examples, load_jsonl_task, read_prompts_jsonl, write_prompts_jsonl
+from adainfer.tasks import TASKS, LabelledPrompt, build_prompts, load_examples, load_jsonl_task, read_prompts_jsonl, write_prompts_jsonl
 
 app = typer.Typer(
     help="Instance-aware early exit for frozen decoder-only LLMs (AdaInfer, arXiv 2403.02181).",
@@ -50,7 +51,7 @@ def _clean_errors(command: Callable[..., Any]) -> Callable[..., Any]:
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return command(*args, **kwargs)
-        except (ValueError, FileNotFoundError) as error:
+        except (ValueError, OSError) as error:
             err.print(f"[red]error:[/red] {error}", highlight=False, soft_wrap=True)
             raise typer.Exit(code=2) from None
 
@@ -60,6 +61,17 @@ def _clean_errors(command: Callable[..., Any]) -> Callable[..., Any]:
 def _load(model: str | None, cache_dir: Path | None) -> EarlyExitModel:
     with err.status(f"loading {model or DEFAULT_MODEL} (the first load of a GGUF model converts it once)"):
         return EarlyExitModel.from_pretrained(model, cache_dir)
+
+
+def _check_prompts(model: EarlyExitModel, items: list[LabelledPrompt], source: Path) -> None:
+    """Reject a bad prompt or answer before any work starts, naming its line."""
+    for number, item in enumerate(items, start=1):
+        try:
+            model.encode(item.prompt)
+            if item.answer:
+                model.answer_token(item.prompt, item.answer)
+        except ValueError as error:
+            raise ValueError(f"{source} line {number}: {error}") from None
 
 
 def _features(text: str) -> tuple[str, ...]:
@@ -74,7 +86,7 @@ def info(model: ModelOption = None, cache_dir: CacheOption = None) -> None:
     typer.echo(json.dumps({
         "model": loaded.loaded.name,
         "source": loaded.loaded.source,
-        "family": loaded.executor.family.layers and type(loaded.model).__name__,
+        "architecture": type(loaded.model).__name__,
         "num_layers": loaded.num_layers,
         "hidden_size": loaded.cost_model.hidden_size,
         "vocab_size": loaded.cost_model.vocab_size,
@@ -123,6 +135,7 @@ def collect(
     items = read_prompts_jsonl(prompts_file)
     names = _features(features)
     loaded = _load(model, cache_dir)
+    _check_prompts(loaded, items, prompts_file)
     with Progress(console=err) as progress:
         bar = progress.add_task("collecting", total=len(items))
         added = collect_rows(loaded, items, out, names, on_prompt=lambda _: progress.advance(bar))
@@ -154,18 +167,24 @@ def train(
     X = collection.select(estimator.features)
     estimator.fit(X, collection.labels)
     estimator.save(out, collection.model_identity)
-    decisions = estimator.predict(X)
-    exit_index = np.where(decisions.any(axis=1), decisions.argmax(axis=1), X.shape[1] - 1)
-    answers = collection.top1[np.arange(len(exit_index)), exit_index]
-    typer.echo(json.dumps({
-        "policy": policy,
-        "features": list(estimator.features),
-        "train_prompts": int(X.shape[0]),
-        "train_accuracy_full_depth": round(float((collection.top1[:, -1] == collection.gold).mean()), 4),
-        "train_accuracy_early_exit": round(float((answers == collection.gold).mean()), 4),
-        "train_mean_exit_layer": round(float(exit_index.mean() + 1), 3),
-        "saved_to": str(out),
-    }, indent=2))
+    report = evaluate_policy(estimator, collection).to_dict()
+    typer.echo(json.dumps({"policy": policy, "features": list(estimator.features), "saved_to": str(out),
+                           "on_training_rows": report}, indent=2))
+
+
+@app.command()
+@_clean_errors
+def evaluate(
+    rows_file: Annotated[Path, typer.Argument(help="Rows collected on held-out prompts (not the training rows).")],
+    policy_dirs: Annotated[list[Path], typer.Option("--policy", "-p", help="Policy directory; repeat to compare.")],
+) -> None:
+    """Replay policies over collected rows: accuracy vs dense, exit layers, oracle, both FLOPs ratios."""
+    collection = load_collection(rows_file)
+    reports = {}
+    for directory in policy_dirs:
+        policy = load_policy(directory, expected_identity=collection.model_identity)
+        reports[str(directory)] = evaluate_policy(policy, collection).to_dict()
+    typer.echo(json.dumps(reports, indent=2))
 
 
 @app.command()
@@ -181,31 +200,26 @@ def predict(
     items = read_prompts_jsonl(prompts_file, require_answer=False)
     loaded = _load(model, cache_dir)
     policy = load_policy(policy_dir, expected_identity=loaded.identity())
-    for number, item in enumerate(items, start=1):
-        try:
-            loaded.encode(item.prompt)
-        except ValueError as error:
-            raise ValueError(f"{prompts_file}:{number}: {error}") from None
+    _check_prompts(loaded, items, prompts_file)
     sink = out.open("w", encoding="utf-8") if out else sys.stdout
-    correct = 0
-    exit_layers = []
+    records = []
     try:
         with Progress(console=err, transient=out is None) as progress:
             for item in progress.track(items, description="predicting"):
-                result = predict_one(loaded, item.prompt, policy).to_dict()
-                record = {"prompt": item.prompt, **{k: v for k, v in result.items() if k not in ("trace", "top1_trace")},
-                          "trace": result["trace"]}
+                record = {"prompt": item.prompt, **predict_one(loaded, item.prompt, policy).to_dict()}
                 if item.answer:
                     record["gold"] = item.answer
-                    record["correct"] = result["answer_token_id"] == loaded.answer_token(item.prompt, item.answer)
-                    correct += record["correct"]
-                exit_layers.append(result["exit_layer"])
+                    record["correct"] = record["answer_token_id"] == loaded.answer_token(item.prompt, item.answer)
+                records.append(record)
                 sink.write(json.dumps(record) + "\n")
                 sink.flush()
     finally:
         if out:
             sink.close()
-    summary = {"prompts": len(items), "mean_exit_layer": float(np.mean(exit_layers)) if exit_layers else None}
-    if items and all(item.answer for item in items):
-        summary["accuracy"] = correct / len(items)
-    err.print(json.dumps(summary), highlight=False)
+    summary = {"prompts": len(records)}
+    means = {"exit_layer": "mean_exit_layer", "paper_flops_ratio": "mean_paper_flops_ratio",
+             "honest_flops_ratio": "mean_honest_flops_ratio", "correct": "accuracy"}
+    for key, name in means.items():
+        if records and all(key in record for record in records):
+            summary[name] = round(float(np.mean([record[key] for record in records])), 4)
+    err.print(json.dumps(summary), highlight=False, soft_wrap=True)

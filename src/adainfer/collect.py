@@ -1,7 +1,8 @@
 """Training data for stop policies (paper App. C): one row per (prompt, layer), written as JSONL.
 
 The first line is a header with the model identity, the number of layers and the feature names;
-every later line is one row `{"prompt_index", "layer", <features>, "top1", "gold", "label"}`
+every later line is one row `{"prompt_index", "layer", <features>, "top1", "gold", "label",
+"seq_len"}`
 with `layer` 1-based and `label` 1 when that layer's top-1 token is the gold answer's first
 token. The rows of a prompt are written in one call and flushed, so an interrupted run keeps
 every finished prompt and a rerun with the same arguments resumes after it.
@@ -26,12 +27,14 @@ class CollectionFileError(ValueError):
 
 @dataclass
 class Collection:
-    """Collected rows as arrays: features (prompts, layers, n_features), labels and top-1 ids (prompts, layers)."""
+    """Collected rows as arrays: features (prompts, layers, n_features); labels, top-1 ids (prompts, layers);
+    gold ids and prompt lengths (prompts,)."""
 
     features: np.ndarray
     labels: np.ndarray
     top1: np.ndarray
     gold: np.ndarray
+    seq_len: np.ndarray
     feature_names: tuple[str, ...]
     model_identity: dict[str, object]
 
@@ -55,30 +58,33 @@ def _header(model: EarlyExitModel, feature_names: tuple[str, ...]) -> dict[str, 
 
 
 def _read_lines(path: Path) -> Iterator[tuple[int, dict]]:
-    with path.open(encoding="utf-8") as handle:
-        for number, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            try:
-                yield number, json.loads(line)
-            except json.JSONDecodeError as error:
-                raise CollectionFileError(f"{path}:{number}: not valid JSON ({error.msg})") from error
+    """Numbered JSON objects of `path`; a last line cut short by an interrupted write is skipped."""
+    lines = path.read_text(encoding="utf-8").splitlines()
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as error:
+            if number == len(lines):
+                return
+            raise CollectionFileError(f"{path} line {number}: not valid JSON ({error.msg})") from error
+        if not isinstance(record, dict):
+            raise CollectionFileError(f"{path} line {number}: expected a JSON object")
+        yield number, record
 
 
 def _complete_prompts(path: Path, header: dict[str, object]) -> tuple[set[int], list[str]]:
     """Indices of prompts with all their rows in `path`, and those rows' lines, checking the header."""
-    lines = []
-    for line in path.read_text(encoding="utf-8").splitlines():
-        try:
-            lines.append((0, json.loads(line)))
-        except json.JSONDecodeError:
-            continue  # a line cut short by an interrupted write; its prompt is redone
+    lines = list(_read_lines(path))
     if not lines or lines[0][1] != header:
         raise CollectionFileError(
             f"{path} was collected with another model or other features; use a new output file"
         )
     rows_per_prompt: dict[int, list[dict]] = {}
-    for _, row in lines[1:]:
+    for number, row in lines[1:]:
+        if "prompt_index" not in row:
+            raise CollectionFileError(f"{path} line {number}: row lacks 'prompt_index'")
         rows_per_prompt.setdefault(row["prompt_index"], []).append(row)
     layers = header["num_layers"]
     complete = {index for index, rows in rows_per_prompt.items() if len(rows) == layers}
@@ -119,7 +125,7 @@ def collect(
             for layer, (values, top1) in enumerate(zip(trace.features, trace.top1), start=1):
                 row = {"prompt_index": index, "layer": layer}
                 row.update({name: round(float(value), 6) for name, value in zip(feature_names, values)})
-                row.update({"top1": int(top1), "gold": gold, "label": int(top1 == gold)})
+                row.update({"top1": int(top1), "gold": gold, "label": int(top1 == gold), "seq_len": trace.seq_len})
                 rows.append(json.dumps(row))
             handle.write("\n".join(rows) + "\n")
             handle.flush()
@@ -145,9 +151,9 @@ def load_collection(path: Path) -> Collection:
     for number, row in lines:
         try:
             grouped.setdefault(row["prompt_index"], []).append(row)
-            [row[key] for key in (*names, "layer", "top1", "gold", "label")]
+            [row[key] for key in (*names, "layer", "top1", "gold", "label", "seq_len")]
         except (KeyError, TypeError) as error:
-            raise CollectionFileError(f"{path}:{number}: row lacks {error}") from error
+            raise CollectionFileError(f"{path} line {number}: row lacks {error}") from error
     complete = [sorted(rows, key=lambda row: row["layer"]) for _, rows in sorted(grouped.items())
                 if len(rows) == layers]
     if not complete:
@@ -161,6 +167,7 @@ def load_collection(path: Path) -> Collection:
         labels=column("label", dtype=np.int64)[..., 0],
         top1=column("top1", dtype=np.int64)[..., 0],
         gold=column("gold", dtype=np.int64)[:, 0, 0],
+        seq_len=column("seq_len", dtype=np.int64)[:, 0, 0],
         feature_names=names,
         model_identity=header["model_identity"],
     )

@@ -1,4 +1,7 @@
-"""Tiny randomly initialised models of every supported family, built from configs (no download)."""
+"""Tiny randomly initialised models of every supported family, built from configs (no download).
+
+For tests and benchmarks: they check behaviour and speed shape, not answers.
+"""
 
 from __future__ import annotations
 

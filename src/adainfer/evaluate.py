@@ -1,0 +1,90 @@
+"""Score a stop policy on collected full-depth traces, against the dense model and the oracle.
+
+Replaying a policy over collected rows gives the same exit layers as running `predict` prompt by
+prompt: the features of layer l depend only on layers 1..l, and policies decide online. So one
+collection serves every policy, at no model cost.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+from adainfer.collect import Collection
+from adainfer.cost import CostModel
+from adainfer.policies import StopPolicy
+
+
+def exit_layers(decisions: np.ndarray) -> np.ndarray:
+    """First accepted layer, 1-based, per prompt; the last layer when none is accepted. (prompts, layers) -> (prompts,)."""
+    layers = decisions.shape[1]
+    accepted = decisions[:, :-1].astype(bool)  # the last layer answers anyway
+    return np.where(accepted.any(axis=1), accepted.argmax(axis=1) + 1, layers)
+
+
+def oracle_exit_layers(top1: np.ndarray) -> np.ndarray:
+    """Earliest layer, 1-based, from which the top-1 token stays equal to the last layer's: (prompts,).
+
+    No policy that keeps the dense answers can exit earlier; it bounds the layers that can be saved.
+    """
+    differs = top1 != top1[:, -1:]
+    last_differing = np.where(differs.any(axis=1), differs.shape[1] - np.argmax(differs[:, ::-1], axis=1), 0)
+    return last_differing + 1
+
+
+@dataclass
+class PolicyReport:
+    """Per-task figures the paper reports, plus the oracle and the check cost."""
+
+    prompts: int
+    dense_accuracy: float
+    accuracy: float
+    accuracy_change: float
+    agreement_with_dense: float
+    mean_exit_layer: float
+    var_exit_layer: float
+    layers_saved: float
+    oracle_layers_saved: float
+    paper_flops_ratio: float
+    honest_flops_ratio: float
+    early_exits: int  # prompts that stopped before the last layer
+    correct_early_exits: int
+
+    def to_dict(self) -> dict[str, float]:
+        return {key: round(value, 4) if isinstance(value, float) else value for key, value in asdict(self).items()}
+
+
+def cost_model_of(collection: Collection) -> CostModel:
+    identity = collection.model_identity
+    return CostModel(int(identity["num_layers"]), int(identity["hidden_size"]), int(identity["vocab_size"]))
+
+
+def evaluate_policy(policy: StopPolicy, collection: Collection) -> PolicyReport:
+    """Replay `policy` over `collection` (it must not be the data the policy was fitted on)."""
+    decisions = policy.predict(collection.select(policy.features))
+    exits = exit_layers(decisions)
+    rows = np.arange(len(exits))
+    answers = collection.top1[rows, exits - 1]
+    dense = collection.top1[:, -1]
+    cost = cost_model_of(collection)
+    layers = cost.num_layers
+    paper = [cost.paper_flops_ratio(int(e), int(s)) for e, s in zip(exits, collection.seq_len)]
+    honest = [cost.honest_flops_ratio(int(e), int(s), int(e)) for e, s in zip(exits, collection.seq_len)]
+    correct = answers == collection.gold
+    early = exits < layers
+    return PolicyReport(
+        prompts=len(exits),
+        dense_accuracy=float((dense == collection.gold).mean()),
+        accuracy=float(correct.mean()),
+        accuracy_change=float(correct.mean() - (dense == collection.gold).mean()),
+        agreement_with_dense=float((answers == dense).mean()),
+        mean_exit_layer=float(exits.mean()),
+        var_exit_layer=float(exits.var()),
+        layers_saved=float(1 - exits.mean() / layers),
+        oracle_layers_saved=float(1 - oracle_exit_layers(collection.top1).mean() / layers),
+        paper_flops_ratio=float(np.mean(paper)),
+        honest_flops_ratio=float(np.mean(honest)),
+        early_exits=int(early.sum()),
+        correct_early_exits=int((early & correct).sum()),
+    )
