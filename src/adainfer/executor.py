@@ -94,8 +94,12 @@ class LayerExecutor:
         input_ids: torch.Tensor,
         attention_mask: torch.Tensor | None = None,
         past_key_values: Any = None,
+        position_ids: torch.Tensor | None = None,
     ) -> LayerInputs:
-        """Record the inputs of every decoder layer for `input_ids` (batch, seq) without running any layer."""
+        """Record the inputs of every decoder layer for `input_ids` (batch, seq) without running any layer.
+
+        Left-padded batches need `position_ids` (batch, seq) that count real tokens only.
+        """
         if input_ids.ndim != 2 or input_ids.shape[1] == 0:
             raise ValueError(f"input_ids must have shape (batch, seq>0), got {tuple(input_ids.shape)}")
         inputs = LayerInputs(embeddings=torch.empty(0), layer_args=[], layer_kwargs=[])
@@ -110,6 +114,7 @@ class LayerExecutor:
             self.model(
                 input_ids=input_ids,
                 attention_mask=attention_mask,
+                position_ids=position_ids,
                 past_key_values=past_key_values,
                 use_cache=past_key_values is not None,
             )

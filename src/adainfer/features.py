@@ -53,6 +53,7 @@ class FeatureReader:
         self._sublayer_outputs: dict[str, list[torch.Tensor | None]] = {}
         self._handles: list[torch.utils.hooks.RemovableHandle] = []
         self._previous_hidden: torch.Tensor | None = None
+        self._seq_len = 0
 
     def __enter__(self) -> "FeatureReader":
         parts = {"cos_attn": self.executor.family.attention, "cos_mlp": self.executor.family.mlp}
@@ -71,10 +72,11 @@ class FeatureReader:
             handle.remove()
         self._handles.clear()
 
-    @staticmethod
-    def _catcher(outputs: list[torch.Tensor | None], index: int):
+    def _catcher(self, outputs: list[torch.Tensor | None], index: int):
         def hook(module: torch.nn.Module, args: object, output: object) -> None:
             tensor = output[0] if isinstance(output, tuple) else output
+            if tensor.ndim == 2:  # OPT runs its MLP on tokens flattened to (batch * seq, hidden)
+                tensor = tensor.view(-1, self._seq_len, tensor.shape[-1])
             outputs[index] = tensor[:, -1].detach()
 
         return hook
@@ -82,6 +84,14 @@ class FeatureReader:
     def reset(self, embeddings: torch.Tensor) -> None:
         """Start a new batch; `embeddings` (batch, seq, hidden) is the input of layer 0."""
         self._previous_hidden = embeddings[:, -1]
+        self._seq_len = embeddings.shape[1]
+
+    def keep_rows(self, layer: int, index: torch.Tensor) -> None:
+        """Keep rows `index` of what `read(layer, ...)` remembers for the next layer's cosines."""
+        self._previous_hidden = self._previous_hidden.index_select(0, index)
+        for outputs in self._sublayer_outputs.values():
+            if outputs[layer] is not None:
+                outputs[layer] = outputs[layer].index_select(0, index)
 
     def read(self, layer: int, hidden: torch.Tensor) -> LayerReadout:
         """Features after decoder layer `layer` (0-based) whose output is `hidden` (batch, seq, hidden)."""

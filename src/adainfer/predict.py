@@ -61,18 +61,23 @@ def predict(model: EarlyExitModel, prompt: str, policy: StopPolicy) -> ExitResul
             if layer + 1 < executor.num_layers and policy.should_exit(np.stack(rows)):
                 accepted = True
                 break
+    return build_result(model, rows, top1_trace, accepted, input_ids.shape[1], reader.feature_names)
+
+
+def build_result(model: EarlyExitModel, rows: list[np.ndarray], top1_trace: list[int], accepted: bool,
+                 seq_len: int, feature_names: tuple[str, ...]) -> ExitResult:
+    """An `ExitResult` from the feature rows and top-1 ids of the layers that ran; every layer was checked."""
     exit_layer = len(rows)
-    seq_len = input_ids.shape[1]
     answer = top1_trace[-1]
     return ExitResult(
         answer_token_id=answer,
         answer_text=model.decode_token(answer),
         exit_layer=exit_layer,
-        num_layers=executor.num_layers,
+        num_layers=model.num_layers,
         layers_checked=exit_layer,
         accepted=accepted,
         seq_len=seq_len,
-        feature_names=reader.feature_names,
+        feature_names=feature_names,
         trace=np.stack(rows).round(6).tolist(),
         top1_trace=top1_trace,
         paper_flops_ratio=model.cost_model.paper_flops_ratio(exit_layer, seq_len),
