@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import numpy as np
+import transformers
 import typer
 from rich.console import Console
 from rich.progress import Progress
@@ -59,6 +60,7 @@ def _clean_errors(command: Callable[..., Any]) -> Callable[..., Any]:
 
 
 def _load(model: str | None, cache_dir: Path | None) -> EarlyExitModel:
+    transformers.utils.logging.disable_progress_bar()  # our own status line says what is happening
     with err.status(f"loading {model or DEFAULT_MODEL} (the first load of a GGUF model converts it once)"):
         return EarlyExitModel.from_pretrained(model, cache_dir)
 
