@@ -22,9 +22,9 @@ from collections.abc import Callable
 import numpy as np
 import torch
 
-from adainfer.batch import encode_batch, predict_batch
+from adainfer.batch import encode_batch
 from adainfer.model import EarlyExitModel
-from adainfer.predict import predict
+from adainfer.predict import predict, predict_batch
 from adainfer.tasks import build_prompts, load_examples
 
 

@@ -3,11 +3,11 @@ import pytest
 import torch
 from conftest import char_tokenizer
 
-from adainfer.batch import check_layer_inputs, encode_batch, predict_batch, select_rows
+from adainfer.batch import check_layer_inputs, encode_batch, select_rows
 from adainfer.executor import LayerInputs
 from adainfer.loading import LoadedModel
 from adainfer.model import EarlyExitModel, PromptError
-from adainfer.predict import predict
+from adainfer.predict import predict, predict_batch
 from adainfer.tiny_models import TINY_CONFIGS, tiny_model
 
 # Different lengths, different last characters; row 1 exits first, so a middle row leaves.

@@ -1,4 +1,4 @@
-"""Batched early exit: each prompt of a batch stops at its own layer and then leaves the batch.
+"""Batches for early exit (used by `predict.predict_batch`): padding, and rows leaving the batch.
 
 Prompts are left-padded, so the last position of every row is its last real token, and their
 position ids count real tokens only, so every row sees exactly the positions it would see alone
@@ -15,13 +15,10 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
 import torch
 
 from adainfer.executor import LayerInputs
-from adainfer.features import FeatureReader
 from adainfer.model import EarlyExitModel
-from adainfer.predict import ExitResult, StopPolicy, build_result
 
 
 @dataclass
@@ -106,51 +103,7 @@ def check_layer_inputs(inputs: LayerInputs, batch_size: int) -> None:
                 )
 
 
-@torch.no_grad()
-def predict_batch(model: EarlyExitModel, prompts: Sequence[str], policy: StopPolicy) -> list[ExitResult]:
-    """`predict` for many prompts at once; result `i` equals `predict(model, prompts[i], policy)`.
-
-    Equal means the same answer, exit layer and decisions, with features within float error of
-    the per-prompt run (padding changes the order of floating-point sums, not the values).
-    """
-    if not prompts:
-        return []
-    batch = encode_batch(model, prompts)
-    executor = model.executor
-    inputs = executor.prepare(batch.input_ids, batch.attention_mask, position_ids=batch.position_ids)
-    check_layer_inputs(inputs, len(prompts))
-    hidden = inputs.embeddings
-    active = list(range(len(prompts)))  # original index of each row of the current batch
-    traces: list[list[np.ndarray]] = [[] for _ in prompts]
-    top1_traces: list[list[int]] = [[] for _ in prompts]
-    accepted = [False] * len(prompts)
-    with FeatureReader(executor, policy.features) as reader:
-        reader.reset(hidden)
-        for layer in range(executor.num_layers):
-            hidden = executor.run_layers(hidden, inputs, layer, layer + 1)
-            readout = reader.read(layer, hidden)
-            keep = []
-            for position, row in enumerate(active):
-                traces[row].append(readout.features[position].numpy())
-                top1_traces[row].append(int(readout.top1[position]))
-                if layer + 1 < executor.num_layers and policy.should_exit(np.stack(traces[row])):
-                    accepted[row] = True
-                else:
-                    keep.append(position)
-            if not keep:
-                break
-            if len(keep) < len(active):
-                index = torch.tensor(keep)
-                hidden, inputs = _keep_rows(hidden, inputs, layer + 1, index)
-                reader.keep_rows(layer, index)
-                active = [active[position] for position in keep]
-    return [
-        build_result(model, traces[row], top1_traces[row], accepted[row], batch.lengths[row], reader.feature_names)
-        for row in range(len(prompts))
-    ]
-
-
-def _keep_rows(hidden: torch.Tensor, inputs: LayerInputs, next_layer: int,
+def keep_rows(hidden: torch.Tensor, inputs: LayerInputs, next_layer: int,
                index: torch.Tensor) -> tuple[torch.Tensor, LayerInputs]:
     """Rows `index` of `hidden` (batch, seq, hidden) and of the arguments of layers `next_layer` on.
 

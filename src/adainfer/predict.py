@@ -1,13 +1,19 @@
-"""Early-exit prediction of one answer token: stop at the first layer the policy accepts."""
+"""Early-exit prediction of one answer token: stop at the first layer the policy accepts.
+
+One loop serves one prompt and a batch alike; `adainfer.batch` holds the padding and row
+selection that let rows leave the batch at their own exit layer.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import Any, Protocol
 
 import numpy as np
 import torch
 
+from adainfer.batch import check_layer_inputs, encode_batch, keep_rows
 from adainfer.features import FeatureReader
 from adainfer.model import EarlyExitModel
 
@@ -41,27 +47,53 @@ class ExitResult:
         return asdict(self)
 
 
-@torch.no_grad()
 def predict(model: EarlyExitModel, prompt: str, policy: StopPolicy) -> ExitResult:
     """Run layers one at a time, ask `policy` after each, and skip every layer after the first accepted one."""
-    input_ids = model.encode(prompt)
+    return predict_batch(model, [prompt], policy)[0]
+
+
+@torch.no_grad()
+def predict_batch(model: EarlyExitModel, prompts: Sequence[str], policy: StopPolicy) -> list[ExitResult]:
+    """Answer each prompt with early exit; rows leave the batch at their own exit layer.
+
+    Result `i` equals `predict(model, prompts[i], policy)`: the same answer, exit layer and
+    decisions, with features within float error (padding changes the order of sums, not values).
+    """
+    if not prompts:
+        return []
+    batch = encode_batch(model, prompts)
     executor = model.executor
-    inputs = executor.prepare(input_ids)
+    inputs = executor.prepare(batch.input_ids, batch.attention_mask, position_ids=batch.position_ids)
+    check_layer_inputs(inputs, len(prompts))
     hidden = inputs.embeddings
-    rows: list[np.ndarray] = []
-    top1_trace: list[int] = []
-    accepted = False
+    active = list(range(len(prompts)))  # original index of each row of the current batch
+    traces: list[list[np.ndarray]] = [[] for _ in prompts]
+    top1_traces: list[list[int]] = [[] for _ in prompts]
+    accepted = [False] * len(prompts)
     with FeatureReader(executor, policy.features) as reader:
         reader.reset(hidden)
         for layer in range(executor.num_layers):
             hidden = executor.run_layers(hidden, inputs, layer, layer + 1)
             readout = reader.read(layer, hidden)
-            rows.append(readout.features[0].numpy())
-            top1_trace.append(int(readout.top1[0]))
-            if layer + 1 < executor.num_layers and policy.should_exit(np.stack(rows)):
-                accepted = True
+            keep = []
+            for position, row in enumerate(active):
+                traces[row].append(readout.features[position].numpy())
+                top1_traces[row].append(int(readout.top1[position]))
+                if layer + 1 < executor.num_layers and policy.should_exit(np.stack(traces[row])):
+                    accepted[row] = True
+                else:
+                    keep.append(position)
+            if not keep:
                 break
-    return build_result(model, rows, top1_trace, accepted, input_ids.shape[1], reader.feature_names)
+            if len(keep) < len(active):
+                index = torch.tensor(keep)
+                hidden, inputs = keep_rows(hidden, inputs, layer + 1, index)
+                reader.keep_rows(layer, index)
+                active = [active[position] for position in keep]
+    return [
+        build_result(model, traces[row], top1_traces[row], accepted[row], batch.lengths[row], reader.feature_names)
+        for row in range(len(prompts))
+    ]
 
 
 def build_result(model: EarlyExitModel, rows: list[np.ndarray], top1_trace: list[int], accepted: bool,
