@@ -17,4 +17,7 @@ done
 adainfer train "$work/sst2_rows.jsonl" --policy gap --threshold 0.8 -o "$work/policies/gap-0.8" >/dev/null
 adainfer evaluate "$work/sst2_eval_rows.jsonl" $(for p in svm-paper svm-depth crf-paper crf-depth gap-0.8; do echo -p "$work/policies/$p"; done) \
   > results/sst2-gemma3-270m.json
-cat results/sst2-gemma3-270m.json
+
+# The same policy through real early exit, on the first 20 dev prompts (answers, exit layers, costs).
+head -20 "$work/sst2_eval.jsonl" > "$work/sst2_eval20.jsonl"
+adainfer predict "$work/sst2_eval20.jsonl" -p "$work/policies/svm-depth" -o "$work/sst2_eval20_predictions.jsonl"
