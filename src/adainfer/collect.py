@@ -37,6 +37,20 @@ class Collection:
     seq_len: np.ndarray
     feature_names: tuple[str, ...]
     model_identity: dict[str, object]
+    candidate_ids: tuple[int, ...] = ()
+    cand_top1: np.ndarray | None = None  # (prompts, layers) best candidate, when candidates were given
+
+    def __len__(self) -> int:
+        return len(self.gold)
+
+    def subset(self, index: np.ndarray) -> "Collection":
+        """The prompts at `index` (an integer or boolean array), for calibration/test splits."""
+        return Collection(
+            features=self.features[index], labels=self.labels[index], top1=self.top1[index],
+            gold=self.gold[index], seq_len=self.seq_len[index], feature_names=self.feature_names,
+            model_identity=self.model_identity, candidate_ids=self.candidate_ids,
+            cand_top1=None if self.cand_top1 is None else self.cand_top1[index],
+        )
 
     def select(self, names: Sequence[str]) -> np.ndarray:
         """The feature columns `names`, in that order; a clear error for a name not collected."""
@@ -48,13 +62,17 @@ class Collection:
         return self.features[:, :, [self.feature_names.index(name) for name in names]]
 
 
-def _header(model: EarlyExitModel, feature_names: tuple[str, ...]) -> dict[str, object]:
-    return {
+def _header(model: EarlyExitModel, feature_names: tuple[str, ...],
+            candidate_ids: Sequence[int] | None) -> dict[str, object]:
+    header = {
         "adainfer_collection": 1,
         "model_identity": model.identity(),
         "num_layers": model.num_layers,
         "feature_names": list(feature_names),
     }
+    if candidate_ids:
+        header["candidate_ids"] = list(candidate_ids)
+    return header
 
 
 def _read_lines(path: Path) -> Iterator[tuple[int, dict]]:
@@ -98,14 +116,17 @@ def collect(
     output: Path,
     feature_names: Sequence[str],
     on_prompt: Callable[[int], None] | None = None,
+    candidate_ids: Sequence[int] | None = None,
 ) -> int:
     """Append the rows of every prompt not yet in `output`; returns how many prompts were added.
 
-    `on_prompt(index)` is called after each prompt, for progress bars.
+    `on_prompt(index)` is called after each prompt, for progress bars. With `candidate_ids` (a
+    closed answer set's first tokens) each row also holds `cand_top1`, the best candidate.
     """
     output = Path(output)
     feature_names = tuple(feature_names)
-    header = _header(model, feature_names)
+    candidate_ids = list(dict.fromkeys(candidate_ids)) if candidate_ids else None
+    header = _header(model, feature_names, candidate_ids)
     done: set[int] = set()
     if output.exists() and output.stat().st_size > 0:
         done, kept = _complete_prompts(output, header)
@@ -119,13 +140,15 @@ def collect(
         for index, item in enumerate(prompts):
             if index in done:
                 continue
-            trace = model.trace(item.prompt, feature_names)
+            trace = model.trace(item.prompt, feature_names, candidate_ids)
             gold = model.answer_token(item.prompt, item.answer)
             rows = []
             for layer, (values, top1) in enumerate(zip(trace.features, trace.top1), start=1):
                 row = {"prompt_index": index, "layer": layer}
                 row.update({name: round(float(value), 6) for name, value in zip(feature_names, values)})
                 row.update({"top1": int(top1), "gold": gold, "label": int(top1 == gold), "seq_len": trace.seq_len})
+                if trace.cand_top1 is not None:
+                    row["cand_top1"] = int(trace.cand_top1[layer - 1])
                 rows.append(json.dumps(row))
             handle.write("\n".join(rows) + "\n")
             handle.flush()
@@ -162,7 +185,12 @@ def load_collection(path: Path) -> Collection:
     def column(*keys: str, dtype: type) -> np.ndarray:
         return np.array([[[row[key] for key in keys] for row in rows] for rows in complete], dtype=dtype)
 
+    candidate_ids = tuple(header.get("candidate_ids", ()))
+    if candidate_ids and any("cand_top1" not in row for rows in complete for row in rows):
+        raise CollectionFileError(f"{path}: header names candidates but a row lacks 'cand_top1'")
     return Collection(
+        candidate_ids=candidate_ids,
+        cand_top1=column("cand_top1", dtype=np.int64)[..., 0] if candidate_ids else None,
         features=column(*names, dtype=np.float32),
         labels=column("label", dtype=np.int64)[..., 0],
         top1=column("top1", dtype=np.int64)[..., 0],

@@ -29,13 +29,19 @@ class CostModel:
         layer = self.layer_units(seq_len)
         return (exit_layer * layer + self.vocab_size) / (self.num_layers * layer + self.vocab_size)
 
-    def honest_flops_ratio(self, exit_layer: int, seq_len: int, layers_checked: int) -> float:
-        """Eq. (2) with one LM-head product (V units) per checked layer instead of one in all."""
+    def honest_flops_ratio(self, exit_layer: int, seq_len: int, layers_checked: int,
+                           check_units: int | None = None) -> float:
+        """Eq. (2) with one LM-head product (V units) per checked layer instead of one in all.
+
+        `check_units` is the cost of one check when it is not the full head: |C| units when the lens
+        reads only a closed answer set's C candidate tokens.
+        """
         self._check(exit_layer, seq_len)
-        if not 1 <= layers_checked <= exit_layer:
-            raise ValueError(f"layers_checked must be in 1..{exit_layer}, got {layers_checked}")
+        if not 0 <= layers_checked <= exit_layer:
+            raise ValueError(f"layers_checked must be in 0..{exit_layer}, got {layers_checked}")
         layer = self.layer_units(seq_len)
-        spent = exit_layer * layer + layers_checked * self.vocab_size
+        per_check = self.vocab_size if check_units is None else check_units
+        spent = exit_layer * layer + layers_checked * per_check
         return spent / (self.num_layers * layer + self.vocab_size)
 
     def _check(self, exit_layer: int, seq_len: int) -> None:

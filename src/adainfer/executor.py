@@ -143,16 +143,21 @@ class LayerExecutor:
         return hidden
 
     @torch.no_grad()
-    def lens(self, hidden: torch.Tensor) -> torch.Tensor:
+    def lens(self, hidden: torch.Tensor, token_ids: torch.Tensor | None = None) -> torch.Tensor:
         """Logit lens: the model's own final norm, projection, LM head and soft-cap on `hidden` (..., hidden).
 
         Pass only the positions you need (usually the last token): the head costs V*h per row.
+        With `token_ids` (n,) only those rows of the head run, giving logits (..., n) at n*h per row.
         """
         if self.final_norm is not None:
             hidden = self.final_norm(hidden)
         if self.post_norm_projection is not None:
             hidden = self.post_norm_projection(hidden)
-        logits = self.head(hidden)
+        if token_ids is None:
+            logits = self.head(hidden)
+        else:
+            bias = self.head.bias[token_ids] if getattr(self.head, "bias", None) is not None else None
+            logits = torch.nn.functional.linear(hidden, self.head.weight[token_ids], bias)
         if self.logit_softcap is not None:
             logits = torch.tanh(logits / self.logit_softcap) * self.logit_softcap
         return logits

@@ -5,6 +5,11 @@ adds cosine similarities with the previous layer of the attention output, the ML
 the hidden state (`cos_attn`, `cos_mlp`, `cos_hidden`). `depth` = l/L is our addition: small
 models are confident in junk tokens at early layers, and the two lens features alone cannot tell
 layer 2 from layer 14.
+
+Tasks with a closed answer set (SST-2's two labels, MMLU's four letters) can read the lens on the
+candidate answer tokens only: `cand_gap` and `cand_top_prob` are the same two features over the
+softmax of the candidates' logits, which costs |C|*h per check instead of V*h. `agree_prev` and
+`cand_agree_prev` are 1 when the (candidate) top-1 token equals the previous layer's.
 """
 
 from __future__ import annotations
@@ -21,7 +26,10 @@ from adainfer.families import resolve
 
 PAPER_FEATURES: tuple[str, ...] = ("gap", "top_prob")
 SUBLAYER_FEATURES: tuple[str, ...] = ("cos_attn", "cos_mlp")
-KNOWN_FEATURES: tuple[str, ...] = ("gap", "top_prob", "depth", "cos_attn", "cos_mlp", "cos_hidden")
+FULL_VOCAB_FEATURES: tuple[str, ...] = ("gap", "top_prob", "agree_prev")
+CANDIDATE_FEATURES: tuple[str, ...] = ("cand_gap", "cand_top_prob", "cand_agree_prev")
+KNOWN_FEATURES: tuple[str, ...] = ("gap", "top_prob", "depth", "cos_attn", "cos_mlp", "cos_hidden",
+                                   "agree_prev", *CANDIDATE_FEATURES)
 
 
 def check_feature_names(names: Sequence[str]) -> tuple[str, ...]:
@@ -34,10 +42,15 @@ def check_feature_names(names: Sequence[str]) -> tuple[str, ...]:
 
 @dataclass
 class LayerReadout:
-    """The lens at one layer for a batch: features (batch, n_features) and top-1 token ids (batch,)."""
+    """The lens at one layer for a batch: features (batch, n_features) and top-1 token ids (batch,).
+
+    `top1` is the full-vocabulary top-1 when the reader computed the full lens, else the best
+    candidate; `cand_top1` is the best candidate's token id whenever candidates were given.
+    """
 
     features: torch.Tensor
     top1: torch.Tensor
+    cand_top1: torch.Tensor | None = None
 
 
 class FeatureReader:
@@ -47,9 +60,25 @@ class FeatureReader:
     the last position only. At layer 0 the cosine features compare with nothing and read 0.
     """
 
-    def __init__(self, executor: LayerExecutor, feature_names: Sequence[str]) -> None:
+    def __init__(self, executor: LayerExecutor, feature_names: Sequence[str],
+                 candidate_ids: Sequence[int] | None = None, full_vocab: bool | None = None) -> None:
+        """`candidate_ids` are the first tokens of a closed answer set; `full_vocab` forces (True)
+        or skips (False) the V*h lens; by default it runs unless every feature is a candidate one."""
         self.executor = executor
         self.feature_names = check_feature_names(feature_names)
+        wants_candidates = [name for name in self.feature_names if name in CANDIDATE_FEATURES]
+        if wants_candidates and not candidate_ids:
+            raise ValueError(f"features {wants_candidates} need the task's candidate answer tokens")
+        self.candidate_ids = (torch.tensor(list(dict.fromkeys(candidate_ids)), dtype=torch.long)
+                              if candidate_ids else None)
+        needs_full = any(name in FULL_VOCAB_FEATURES for name in self.feature_names)
+        if full_vocab is False and needs_full:
+            raise ValueError(f"features {FULL_VOCAB_FEATURES} need the full-vocabulary lens")
+        self.full_vocab = (needs_full or self.candidate_ids is None) if full_vocab is None else full_vocab
+        if not self.full_vocab and self.candidate_ids is None:
+            raise ValueError("without the full-vocabulary lens the reader needs candidate tokens")
+        self._previous_top1: torch.Tensor | None = None
+        self._previous_cand_top1: torch.Tensor | None = None
         self._sublayer_outputs: dict[str, list[torch.Tensor | None]] = {}
         self._handles: list[torch.utils.hooks.RemovableHandle] = []
         self._previous_hidden: torch.Tensor | None = None
@@ -85,10 +114,15 @@ class FeatureReader:
         """Start a new batch; `embeddings` (batch, seq, hidden) is the input of layer 0."""
         self._previous_hidden = embeddings[:, -1]
         self._seq_len = embeddings.shape[1]
+        self._previous_top1 = self._previous_cand_top1 = None
 
     def keep_rows(self, layer: int, index: torch.Tensor) -> None:
         """Keep rows `index` of what `read(layer, ...)` remembers for the next layer's cosines."""
         self._previous_hidden = self._previous_hidden.index_select(0, index)
+        if self._previous_top1 is not None:
+            self._previous_top1 = self._previous_top1.index_select(0, index)
+        if self._previous_cand_top1 is not None:
+            self._previous_cand_top1 = self._previous_cand_top1.index_select(0, index)
         for outputs in self._sublayer_outputs.values():
             if outputs[layer] is not None:
                 outputs[layer] = outputs[layer].index_select(0, index)
@@ -96,23 +130,71 @@ class FeatureReader:
     def read(self, layer: int, hidden: torch.Tensor) -> LayerReadout:
         """Features after decoder layer `layer` (0-based) whose output is `hidden` (batch, seq, hidden)."""
         last = hidden[:, -1]
-        probs = F.softmax(self.executor.lens(last).float(), dim=-1)
-        top = probs.topk(2, dim=-1)
-        values = {
-            "gap": top.values[:, 0] - top.values[:, 1],
-            "top_prob": top.values[:, 0],
-            "depth": torch.full_like(top.values[:, 0], (layer + 1) / self.executor.num_layers),
-        }
+        if self.full_vocab:
+            return self._from_logits(layer, last, self.executor.lens(last).float())
+        return self._from_logits(layer, last, None,
+                                 self.executor.lens(last, token_ids=self.candidate_ids).float())
+
+    def read_all(self, lasts: torch.Tensor) -> list[LayerReadout]:
+        """`read` for every layer at once from the last-token states (layers, batch, hidden).
+
+        For full-depth traces: one lens product over all layers reads the head's V*h weights once
+        instead of once per layer, which is what makes collection several times faster.
+        """
+        logits = self.executor.lens(lasts).float() if self.full_vocab else None
+        cand_logits = (None if self.full_vocab
+                       else self.executor.lens(lasts, token_ids=self.candidate_ids).float())
+        return [self._from_logits(layer, lasts[layer], None if logits is None else logits[layer],
+                                  None if cand_logits is None else cand_logits[layer])
+                for layer in range(lasts.shape[0])]
+
+    def _from_logits(self, layer: int, last: torch.Tensor, logits: torch.Tensor | None,
+                     cand_logits: torch.Tensor | None = None) -> LayerReadout:
+        values: dict[str, torch.Tensor] = {}
+        top1 = cand_top1 = None
+        if logits is not None:
+            probs = F.softmax(logits, dim=-1)
+            top = probs.topk(2, dim=-1)
+            top1 = top.indices[:, 0]
+            values["gap"] = top.values[:, 0] - top.values[:, 1]
+            values["top_prob"] = top.values[:, 0]
+            values["agree_prev"] = self._agreement(top1, self._previous_top1)
+            if self.candidate_ids is not None:
+                cand_logits = logits[:, self.candidate_ids]
+        if cand_logits is not None:
+            cand_probs = F.softmax(cand_logits, dim=-1)
+            cand_top = cand_probs.topk(min(2, cand_probs.shape[-1]), dim=-1)
+            second = cand_top.values[:, 1] if cand_top.values.shape[-1] > 1 else 0.0
+            cand_top1 = self.candidate_ids[cand_top.indices[:, 0]]
+            values["cand_gap"] = cand_top.values[:, 0] - second
+            values["cand_top_prob"] = cand_top.values[:, 0]
+            values["cand_agree_prev"] = self._agreement(cand_top1, self._previous_cand_top1)
+        top1 = top1 if top1 is not None else cand_top1
+        values["depth"] = torch.full((last.shape[0],), (layer + 1) / self.executor.num_layers)
         if "cos_hidden" in self.feature_names:
             values["cos_hidden"] = F.cosine_similarity(last, self._previous_hidden, dim=-1)
         for name, outputs in self._sublayer_outputs.items():
             if layer == 0 or outputs[layer - 1] is None:
-                values[name] = torch.zeros_like(values["gap"])
+                values[name] = torch.zeros(last.shape[0])
             else:
                 values[name] = F.cosine_similarity(outputs[layer], outputs[layer - 1], dim=-1)
         self._previous_hidden = last
+        self._previous_top1, self._previous_cand_top1 = top1, cand_top1
         features = torch.stack([values[name].float() for name in self.feature_names], dim=-1)
-        return LayerReadout(features=features, top1=top.indices[:, 0])
+        return LayerReadout(features=features, top1=top1, cand_top1=cand_top1)
+
+    @staticmethod
+    def _agreement(current: torch.Tensor, previous: torch.Tensor | None) -> torch.Tensor:
+        if previous is None:
+            return torch.zeros(current.shape[0])
+        return (current == previous).float()
+
+    @property
+    def check_units(self) -> int:
+        """Cost of one check in the paper's units (one unit = 2h FLOPs): V, or |C| for candidates only."""
+        if self.full_vocab:
+            return self.executor.head.weight.shape[0]
+        return len(self.candidate_ids)
 
 
 def as_numpy(readouts: Sequence[LayerReadout]) -> tuple[np.ndarray, np.ndarray]:

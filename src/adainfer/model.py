@@ -28,6 +28,7 @@ class LayerTrace:
     top1: np.ndarray
     feature_names: tuple[str, ...]
     seq_len: int
+    cand_top1: np.ndarray | None = None  # (layers,) best candidate per layer, when candidates were given
 
 
 class EarlyExitModel:
@@ -89,21 +90,32 @@ class EarlyExitModel:
         # The tokenizer merged across the boundary: fall back to the answer tokenised alone.
         return self.tokenizer(" " + answer.strip(), add_special_tokens=False).input_ids[0]
 
+    def candidate_tokens(self, answers: Sequence[str]) -> list[int]:
+        """First token of each answer as it follows `A:` (with its leading space), duplicates kept once."""
+        return list(dict.fromkeys(self.answer_token("A:", answer) for answer in answers))
+
     def decode_token(self, token_id: int) -> str:
         return self.tokenizer.decode([token_id])
 
     @torch.no_grad()
-    def trace(self, prompt: str, feature_names: Sequence[str]) -> LayerTrace:
-        """Run every layer on `prompt` and read the named features after each; for collection and oracles."""
+    def trace(self, prompt: str, feature_names: Sequence[str],
+              candidate_ids: Sequence[int] | None = None) -> LayerTrace:
+        """Run every layer on `prompt` and read the named features after each; for collection and oracles.
+
+        The full-vocabulary lens always runs, so `top1` is the model's own top-1 at every layer.
+        """
         input_ids = self.encode(prompt)
         inputs = self.executor.prepare(input_ids)
         hidden = inputs.embeddings
-        readouts = []
-        with FeatureReader(self.executor, feature_names) as reader:
+        lasts = []
+        with FeatureReader(self.executor, feature_names, candidate_ids, full_vocab=True) as reader:
             reader.reset(hidden)
             for layer in range(self.num_layers):
                 hidden = self.executor.run_layers(hidden, inputs, layer, layer + 1)
-                readouts.append(reader.read(layer, hidden))
+                lasts.append(hidden[:, -1])
+            readouts = reader.read_all(torch.stack(lasts))
         features, top1 = as_numpy(readouts)
+        cand_top1 = (np.array([int(readout.cand_top1[0]) for readout in readouts])
+                     if candidate_ids else None)
         return LayerTrace(features=features[0], top1=top1[0], feature_names=reader.feature_names,
-                          seq_len=input_ids.shape[1])
+                          seq_len=input_ids.shape[1], cand_top1=cand_top1)

@@ -47,14 +47,20 @@ class ExitResult:
         return asdict(self)
 
 
-def predict(model: EarlyExitModel, prompt: str, policy: StopPolicy) -> ExitResult:
+def predict(model: EarlyExitModel, prompt: str, policy: StopPolicy,
+            candidate_ids: Sequence[int] | None = None) -> ExitResult:
     """Run layers one at a time, ask `policy` after each, and skip every layer after the first accepted one."""
-    return predict_batch(model, [prompt], policy)[0]
+    return predict_batch(model, [prompt], policy, candidate_ids)[0]
 
 
 @torch.no_grad()
-def predict_batch(model: EarlyExitModel, prompts: Sequence[str], policy: StopPolicy) -> list[ExitResult]:
+def predict_batch(model: EarlyExitModel, prompts: Sequence[str], policy: StopPolicy,
+                  candidate_ids: Sequence[int] | None = None) -> list[ExitResult]:
     """Answer each prompt with early exit; rows leave the batch at their own exit layer.
+
+    With `candidate_ids` (a closed answer set's first tokens) and a policy that reads only
+    candidate features (`cand_*`, `depth`), each check runs |C| rows of the LM head instead of V
+    and the answer is the best candidate.
 
     Result `i` equals `predict(model, prompts[i], policy)`: the same answer, exit layer and
     decisions, with features within float error (padding changes the order of sums, not values).
@@ -70,7 +76,7 @@ def predict_batch(model: EarlyExitModel, prompts: Sequence[str], policy: StopPol
     traces: list[list[np.ndarray]] = [[] for _ in prompts]
     top1_traces: list[list[int]] = [[] for _ in prompts]
     accepted = [False] * len(prompts)
-    with FeatureReader(executor, policy.features) as reader:
+    with FeatureReader(executor, policy.features, candidate_ids) as reader:
         reader.reset(hidden)
         for layer in range(executor.num_layers):
             hidden = executor.run_layers(hidden, inputs, layer, layer + 1)
@@ -91,13 +97,14 @@ def predict_batch(model: EarlyExitModel, prompts: Sequence[str], policy: StopPol
                 reader.keep_rows(layer, index)
                 active = [active[position] for position in keep]
     return [
-        build_result(model, traces[row], top1_traces[row], accepted[row], batch.lengths[row], reader.feature_names)
+        build_result(model, traces[row], top1_traces[row], accepted[row], batch.lengths[row], reader.feature_names,
+                     reader.check_units)
         for row in range(len(prompts))
     ]
 
 
 def build_result(model: EarlyExitModel, rows: list[np.ndarray], top1_trace: list[int], accepted: bool,
-                 seq_len: int, feature_names: tuple[str, ...]) -> ExitResult:
+                 seq_len: int, feature_names: tuple[str, ...], check_units: int | None = None) -> ExitResult:
     """An `ExitResult` from the feature rows and top-1 ids of the layers that ran; every layer was checked."""
     exit_layer = len(rows)
     answer = top1_trace[-1]
@@ -113,5 +120,5 @@ def build_result(model: EarlyExitModel, rows: list[np.ndarray], top1_trace: list
         trace=np.stack(rows).round(6).tolist(),
         top1_trace=top1_trace,
         paper_flops_ratio=model.cost_model.paper_flops_ratio(exit_layer, seq_len),
-        honest_flops_ratio=model.cost_model.honest_flops_ratio(exit_layer, seq_len, exit_layer),
+        honest_flops_ratio=model.cost_model.honest_flops_ratio(exit_layer, seq_len, exit_layer, check_units),
     )
