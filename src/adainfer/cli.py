@@ -225,3 +225,7 @@ def predict(
         if records and all(key in record for record in records):
             summary[name] = round(float(np.mean([record[key] for record in records])), 4)
     err.print(json.dumps(summary), highlight=False, soft_wrap=True)
+
+
+# Verbs that live in their own modules register themselves on `app` when imported.
+from adainfer import cli_eval  # noqa: E402,F401

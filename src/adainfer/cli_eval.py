@@ -1,0 +1,106 @@
+"""`adainfer eval` and `adainfer report`: the paper's experiment from the command line.
+
+Registered on the main app by `adainfer.cli`; kept apart so the single-prompt verbs stay short.
+"""
+
+from __future__ import annotations
+
+import shlex
+import time
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from adainfer.cli import CacheOption, ModelOption, _clean_errors, _load, app, err
+from adainfer.harness import HarnessError, collect_setting, load_setting, model_slug, settings_grid
+from adainfer.tables import write_report
+from adainfer.tasks import TASKS
+
+DEFAULT_RUNS = Path("runs/cache")
+
+
+def _ints(text: str) -> list[int]:
+    try:
+        values = [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise ValueError(f"expected comma-separated integers, got {text!r}") from None
+    if not values or min(values) < 0:
+        raise ValueError(f"expected non-negative integers, got {text!r}")
+    return values
+
+
+def _command_line(context: typer.Context) -> str:
+    """The running verb with every option it was given, to head the files it writes."""
+    words = ["adainfer", context.info_name]
+    for parameter in context.command.params:
+        value = context.params.get(parameter.name)
+        if value is None:
+            continue
+        if parameter.param_type_name == "argument":
+            words.append(str(value))
+        else:
+            words += [parameter.opts[0], str(value)]
+    return shlex.join(words)
+
+
+@app.command("eval")
+@_clean_errors
+def eval_command(
+    context: typer.Context,
+    tasks: Annotated[str, typer.Option(help=f"Comma-separated tasks ({', '.join(TASKS)}) or .jsonl files of {{input, output}}.")] = "sst2",
+    shots: Annotated[str, typer.Option(help="Comma-separated numbers of demonstrations; 0 is zero-shot. The paper: 0,5,10,15,20.")] = "0,5",
+    limit: Annotated[int, typer.Option(help="Evaluation prompts per task and setting (seeded sample of the eval split).")] = 200,
+    train_limit: Annotated[int, typer.Option(help="Classifier-training prompts per task and setting, from the train split.")] = 200,
+    seed: Annotated[int, typer.Option(help="Seed of the prompt sample and demonstrations.")] = 0,
+    runs: Annotated[Path, typer.Option(help="Cache of collected per-layer traces; reruns resume from it.")] = DEFAULT_RUNS,
+    out: Annotated[Path | None, typer.Option(help="Where tables and figures go. Default: results/<model folder name>.")] = None,
+    data_dir: Annotated[Path | None, typer.Option(help="Datasets folder. Default: $ADAINFER_DATA or ../shared/data.")] = None,
+    model: ModelOption = None,
+    cache_dir: CacheOption = None,
+) -> None:
+    """Collect every (task, shots) setting once, then write the paper's tables and figures."""
+    if limit < 1 or train_limit < 1:
+        raise ValueError("--limit and --train-limit must be at least 1")
+    task_names = [name.strip() for name in tasks.split(",") if name.strip()]
+    for name in task_names:
+        if not name.endswith(".jsonl") and name not in TASKS:
+            raise ValueError(f"unknown task {name!r}; known: {', '.join(TASKS)}, or a .jsonl file")
+        if name.endswith(".jsonl") and not Path(name).is_file():
+            raise ValueError(f"task file {name} does not exist")
+    grid = settings_grid(task_names, _ints(shots), seed)
+    started = time.perf_counter()
+    loaded = _load(model, cache_dir)
+    collected = []
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+    with Progress(*columns, console=err) as progress:
+        bar = progress.add_task("", total=None)
+        for number, setting in enumerate(grid, start=1):
+            def on_prompt(split: str, done: int, total: int, name: str = setting.name, number: int = number) -> None:
+                progress.update(bar, description=f"[{number}/{len(grid)}] {name} {split}", completed=done, total=total)
+
+            collected.append(collect_setting(loaded, setting, runs, train_limit, limit, data_dir, on_prompt))
+    out = out or Path("results") / model_slug(loaded)
+    written = write_report(collected, out, _command_line(context))
+    minutes = (time.perf_counter() - started) / 60
+    err.print(f"{len(grid)} settings in {minutes:.1f} min; wrote {len(written)} files under {out}")
+
+
+@app.command()
+@_clean_errors
+def report(
+    context: typer.Context,
+    runs: Annotated[Path, typer.Argument(help="A model's folder of collected settings, e.g. runs/cache/<model>.")],
+    out: Annotated[Path, typer.Option(help="Where tables and figures go.")],
+    tasks: Annotated[str | None, typer.Option(help="Only these tasks (comma-separated). Default: all collected.")] = None,
+) -> None:
+    """Rebuild tables and figures from collected traces, without loading the model."""
+    folders = sorted(path.parent for path in Path(runs).glob("*/*/setting.json"))
+    if tasks:
+        wanted = {name.strip() for name in tasks.split(",")}
+        folders = [folder for folder in folders if folder.parent.name in wanted]
+    if not folders:
+        raise HarnessError(f"no collected settings under {runs} (expected <task>/<setting>/setting.json)")
+    written = write_report([load_setting(folder) for folder in folders], out, _command_line(context))
+    err.print(f"{len(folders)} settings; wrote {len(written)} files under {out}")

@@ -1,0 +1,194 @@
+"""The paper's experiment grid: (task, shots) settings whose per-layer traces are collected once.
+
+A setting's classifier-training prompts come from the task's train split and its evaluation
+prompts from the eval split, so no evaluated row ever trained a classifier. Both are collected
+at full depth with every feature the tables need, under
+``<cache>/<model>/<task>/<shots>shot-seed<seed>/{train,eval}.jsonl``; every policy, table and
+figure then replays those traces at no model cost. Collection resumes where it stopped, and a
+larger ``limit`` later extends the cache (the first n prompts of a seed never change).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from adainfer.collect import Collection, collect, load_collection
+from adainfer.model import EarlyExitModel
+from adainfer.tasks import (TASKS, Example, LabelledPrompt, build_prompts, load_examples, load_jsonl_task,
+                            read_prompts_jsonl, split_examples, write_prompts_jsonl)
+
+# Everything the tables read: the paper's features, its factor study's cosines, and ours.
+BASE_FEATURES: tuple[str, ...] = ("gap", "top_prob", "depth", "cos_attn", "cos_mlp", "cos_hidden", "agree_prev")
+CANDIDATE_FEATURE_SET: tuple[str, ...] = ("cand_gap", "cand_top_prob", "cand_agree_prev")
+PAPER_SHOTS: tuple[int, ...] = (5, 10, 15, 20)
+CLASSIFIER_SPLIT_SEED = 20240304  # fixed: which eval rows may train classifiers never changes
+
+
+class HarnessError(ValueError):
+    """A setting that cannot be built, or a cache that does not match it."""
+
+
+@dataclass(frozen=True)
+class TaskData:
+    """A task's splits and closed answer set; built-in or read from a user's JSONL file.
+
+    `train` gives demonstrations, `classifier` the queries of classifier-training prompts (the
+    train split unless the task says otherwise), `eval` the evaluated queries; no eval query's
+    input appears in `train` or `classifier`.
+    """
+
+    name: str
+    group: str
+    train: list[Example]
+    eval: list[Example]
+    choices: tuple[str, ...] | None
+    classifier: list[Example] | None = None
+
+    @property
+    def classifier_queries(self) -> list[Example]:
+        return self.train if self.classifier is None else self.classifier
+
+
+def _without(examples: list[Example], *others: list[Example]) -> list[Example]:
+    seen = {example.input for group in others for example in group}
+    return [example for example in examples if example.input not in seen]
+
+
+def load_task(task: str, data_dir: Path | None = None) -> TaskData:
+    """A registered task by name, or a user task from a `.jsonl` file of {input, output}.
+
+    A user file is split in two halves by a fixed seed (`tasks.split_examples`): the first half
+    gives demonstrations and classifier-training prompts, the second is evaluated.
+    """
+    if task.endswith(".jsonl"):
+        path = Path(task)
+        train, evaluation = split_examples(load_jsonl_task(path))
+        if not train or not evaluation:
+            raise HarnessError(f"{path} needs at least two examples to split into train and eval")
+        return TaskData(path.stem, "user", train, evaluation, None)
+    if task not in TASKS:
+        raise HarnessError(f"unknown task {task!r}; known: {', '.join(TASKS)}, or a path to a .jsonl file")
+    spec = TASKS[task]
+    train = load_examples(task, "train", data_dir)
+    evaluation = _without(load_examples(task, "eval", data_dir), train)
+    if not spec.classifier_queries_from_eval:
+        return TaskData(task, spec.group, train, evaluation, spec.choices)
+    # A fixed half of the eval split's distinct inputs, whatever the limits, so caches stay
+    # valid as limits grow; by input, because MMLU repeats some questions.
+    inputs = list(dict.fromkeys(example.input for example in evaluation))
+    order = np.random.default_rng(CLASSIFIER_SPLIT_SEED).permutation(len(inputs))
+    classifier_inputs = {inputs[i] for i in order[len(inputs) // 2:]}
+    return TaskData(task, spec.group, train, [e for e in evaluation if e.input not in classifier_inputs],
+                    spec.choices, classifier=[e for e in evaluation if e.input in classifier_inputs])
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One cell of the grid: a task, a number of demonstrations and the sampling seed."""
+
+    task: str
+    shots: int
+    seed: int = 0
+
+    @property
+    def name(self) -> str:
+        stem = Path(self.task).stem if self.task.endswith(".jsonl") else self.task
+        return f"{stem}/{self.shots}shot-seed{self.seed}"
+
+
+@dataclass
+class SettingData:
+    """A setting's collected traces: `train` fits policies, `eval` scores them."""
+
+    setting: Setting
+    group: str
+    train: Collection
+    eval: Collection
+
+
+def model_slug(model: EarlyExitModel) -> str:
+    identity = model.identity()
+    return f"{identity['architecture']}-{identity['head_sha256']}"
+
+
+def _prompts_for(task: TaskData, split: str, setting: Setting, limit: int) -> list[LabelledPrompt]:
+    queries = task.classifier_queries if split == "train" else task.eval
+    # Distinct seeds per split keep train and eval prompts from sharing demonstration draws.
+    seed = setting.seed if split == "eval" else setting.seed + 1
+    return build_prompts(queries, task.train, setting.shots, limit, seed)
+
+
+def _check_prompt_cache(path: Path, prompts: list[LabelledPrompt]) -> None:
+    """The cached prompts must be a prefix of, or extend, the ones asked for now."""
+    if not path.exists():
+        return
+    cached = read_prompts_jsonl(path)
+    shared = min(len(cached), len(prompts))
+    if cached[:shared] != prompts[:shared]:
+        raise HarnessError(f"{path} holds other prompts than this setting builds now (data or code "
+                           f"changed); move it away to recollect")
+
+
+def collect_setting(
+    model: EarlyExitModel,
+    setting: Setting,
+    cache_dir: Path,
+    train_limit: int,
+    eval_limit: int,
+    data_dir: Path | None = None,
+    on_prompt: Callable[[str, int, int], None] | None = None,
+) -> SettingData:
+    """Collect (or resume) the train and eval traces of `setting`; returns them loaded.
+
+    `on_prompt(split, done, total)` reports progress. Candidate features and `cand_top1` are
+    collected when the task has a closed answer set.
+    """
+    task = load_task(setting.task, data_dir)
+    candidates = model.candidate_tokens(task.choices) if task.choices else None
+    features = BASE_FEATURES + (CANDIDATE_FEATURE_SET if candidates else ())
+    folder = Path(cache_dir) / model_slug(model) / setting.name
+    loaded = {}
+    for split, limit in (("train", train_limit), ("eval", eval_limit)):
+        try:
+            prompts = _prompts_for(task, split, setting, limit)
+        except ValueError as error:
+            raise HarnessError(f"{setting.name}: {error}") from error
+        prompt_file = folder / f"{split}.prompts.jsonl"
+        _check_prompt_cache(prompt_file, prompts)
+        if not prompt_file.exists() or len(read_prompts_jsonl(prompt_file)) < len(prompts):
+            write_prompts_jsonl(prompts, prompt_file)
+        rows = folder / f"{split}.jsonl"
+        done = 0
+
+        def progress(_index: int, split: str = split, total: int = len(prompts)) -> None:
+            nonlocal done
+            done += 1
+            if on_prompt is not None:
+                on_prompt(split, done, total)
+
+        collect(model, prompts, rows, features, on_prompt=progress, candidate_ids=candidates)
+        loaded[split] = load_collection(rows).subset(slice(0, len(prompts)))
+    (folder / "setting.json").write_text(json.dumps(
+        {"task": setting.task, "group": task.group, "shots": setting.shots, "seed": setting.seed,
+         "choices": list(task.choices or ())}, indent=1) + "\n")
+    return SettingData(setting, task.group, loaded["train"], loaded["eval"])
+
+
+def load_setting(folder: Path) -> SettingData:
+    """A collected setting from its cache folder, without the model (for `adainfer report`)."""
+    meta_path = Path(folder) / "setting.json"
+    if not meta_path.exists():
+        raise HarnessError(f"{folder} is not a collected setting (no setting.json)")
+    meta = json.loads(meta_path.read_text())
+    setting = Setting(meta["task"], int(meta["shots"]), int(meta["seed"]))
+    return SettingData(setting, meta["group"], load_collection(Path(folder) / "train.jsonl"),
+                       load_collection(Path(folder) / "eval.jsonl"))
+
+
+def settings_grid(tasks: Sequence[str], shots: Sequence[int], seed: int = 0) -> list[Setting]:
+    return [Setting(task, k, seed) for task in tasks for k in shots]

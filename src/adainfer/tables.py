@@ -1,0 +1,106 @@
+"""Write result rows as the paper's tables: CSV and JSON for machines, Markdown for people.
+
+Each file starts with (Markdown) or carries (JSON) the exact command that produced it. Few-shot
+figures are averaged over the numbers of demonstrations, as the paper averages over k.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+from pathlib import Path
+
+import pandas as pd
+
+if TYPE_CHECKING:
+    from adainfer.harness import SettingData
+
+# What a reader of Tables 2/3 wants per (task, method), in order.
+SUMMARY_COLUMNS: tuple[str, ...] = (
+    "dense_accuracy", "accuracy", "accuracy_change", "mean_exit_layer", "var_exit_layer",
+    "layers_saved", "saved_of_oracle", "paper_flops_ratio", "honest_flops_ratio",
+)
+
+
+def regime(shots: int) -> str:
+    return "zero-shot" if shots == 0 else "few-shot"
+
+
+def summarise(rows: Sequence[dict], by: Sequence[str] = ("task", "method")) -> pd.DataFrame:
+    """Mean of the summary columns per regime and `by`, over shots and seeds; errors kept as text."""
+    frame = pd.DataFrame(rows)
+    frame["regime"] = frame["shots"].map(regime)
+    columns = [column for column in SUMMARY_COLUMNS if column in frame]
+    keys = ["regime", *by]
+    grouped = frame.groupby(keys, sort=False)
+    summary = grouped[columns].mean(numeric_only=True)
+    summary["shots"] = grouped["shots"].agg(lambda values: ",".join(str(v) for v in sorted(set(values))))
+    summary["prompts"] = grouped["prompts"].sum() if "prompts" in frame else None
+    if "error" in frame:
+        summary["error"] = grouped["error"].agg(lambda values: "; ".join(sorted({v for v in values if isinstance(v, str)})))
+    return summary.reset_index()
+
+
+def group_average(summary: pd.DataFrame) -> pd.DataFrame:
+    """Per-group means of a task summary (the paper's group columns)."""
+    columns = [column for column in SUMMARY_COLUMNS if column in summary]
+    return summary.groupby(["regime", "group", "method"], sort=False)[columns].mean().reset_index()
+
+
+def write_table(frame: pd.DataFrame, path_stem: Path, title: str, command: str, notes: str = "") -> list[Path]:
+    """`<stem>.csv`, `<stem>.json` (rows plus the command) and `<stem>.md`; returns the paths."""
+    path_stem = Path(path_stem)
+    path_stem.parent.mkdir(parents=True, exist_ok=True)
+    csv_path, json_path, md_path = (path_stem.with_suffix(suffix) for suffix in (".csv", ".json", ".md"))
+    frame.to_csv(csv_path, index=False)
+    json_path.write_text(json.dumps({"command": command, "title": title,
+                                     "rows": json.loads(frame.to_json(orient="records"))}, indent=1) + "\n")
+    markdown = frame.to_markdown(index=False, floatfmt=".3f")
+    md_path.write_text(f"# {title}\n\nCommand: `{command}`\n\n{notes}{markdown}\n", encoding="utf-8")
+    return [csv_path, json_path, md_path]
+
+
+def write_report(settings: Sequence["SettingData"], out_dir: Path, command: str) -> list[Path]:
+    """Every table and figure of the evaluation for `settings`, under `out_dir`; returns the paths.
+
+    Tables 2/3 (per task and per group), 4 (a classifier trained on one task, applied to the
+    others, on the first few-shot setting of each task), 7 (factor study), Figures 1 and 3, and an
+    exit-layer histogram per task.
+    """
+    from adainfer import figures, report  # the report layer sits on top of scoring and plotting
+
+    out_dir = Path(out_dir)
+    written: list[Path] = []
+    rows = [row for data in settings for row in report.setting_rows(data)]
+    tasks = summarise(rows)
+    written += write_table(tasks, out_dir / "tasks", "AdaInfer per task (paper Tables 2 and 3)", command,
+                           "Few-shot rows average the listed numbers of demonstrations. `honest_flops_ratio` "
+                           "charges the LM head (V units) after every checked layer.\n\n")
+    groups = tasks.merge(pd.DataFrame(rows)[["task", "group"]].drop_duplicates(), on="task")
+    written += write_table(group_average(groups), out_dir / "groups", "AdaInfer per task group", command)
+    by_task: dict[str, list] = {}
+    for data in settings:
+        by_task.setdefault(data.setting.name.split("/")[0], []).append(data)
+    first_few_shot = [min((d for d in items if d.setting.shots > 0), key=lambda d: d.setting.shots)
+                      for items in by_task.values() if any(d.setting.shots > 0 for d in items)]
+    if len(first_few_shot) > 1:
+        transfer = pd.DataFrame(report.transfer_rows(first_few_shot, first_few_shot))
+        written += write_table(transfer, out_dir / "inter_task", "Inter-task generalization (paper Table 4): "
+                               "SVM on gap, top_prob trained on one task, replayed on another", command)
+    factors = summarise([row for data in settings for row in report.factor_rows(data)], by=("task", "features"))
+    written += write_table(factors, out_dir / "factor_study", "Factor study (paper Table 7): SVM features",
+                           command)
+    figure_dir = out_dir / "figures"
+    shown = [items[0] if not first_few_shot else
+             next((d for d in first_few_shot if d.setting.name.startswith(name + "/")), items[0])
+             for name, items in by_task.items()]
+    written.append(figures.layer_accuracy_figure(shown, figure_dir / "layer_accuracy.png"))
+    for data in shown:
+        task = data.setting.name.split("/")[0]
+        written.append(figures.lens_features_figure(data, figure_dir / f"lens_features_{task}.png"))
+        written.append(figures.exit_histogram_figure(
+            data, report.PAPER_METHODS[:1] + report.OUR_METHODS, figure_dir / f"exit_layers_{task}.png"))
+    (out_dir / "rows.json").write_text(json.dumps({"command": command, "rows": rows}, indent=1) + "\n")
+    written.append(out_dir / "rows.json")
+    return written

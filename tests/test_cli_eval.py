@@ -1,0 +1,56 @@
+"""`adainfer eval` and `adainfer report` end to end on a tiny model and a user JSONL task."""
+
+import json
+
+import pytest
+
+from test_cli import assert_clean_error, invoke, ok
+
+
+@pytest.fixture(scope="module")
+def task_file(tmp_path_factory):
+    path = tmp_path_factory.mktemp("user") / "parity.jsonl"
+    rows = [{"input": f"n{i}", "output": ["even", "odd"][i % 2]} for i in range(40)]
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    return path
+
+
+@pytest.fixture(scope="module")
+def evaluated(tmp_path_factory, task_file, tiny_llama_dir):
+    work = tmp_path_factory.mktemp("eval")
+    result = ok("eval", "--tasks", task_file, "--shots", "0,2", "--limit", 6, "--train-limit", 8,
+                "--runs", work / "runs", "--out", work / "out", "--model", tiny_llama_dir, "--cache-dir", work / "cache")
+    return work, result
+
+
+def test_eval_of_a_user_task_writes_the_tables(evaluated, task_file):
+    work, _ = evaluated
+    tasks = json.loads((work / "out" / "tasks.json").read_text())
+    assert tasks["command"].startswith("adainfer eval --tasks " + str(task_file))
+    assert {(row["regime"], row["method"]) for row in tasks["rows"]} >= {
+        ("zero-shot", "dense"), ("zero-shot", "oracle"), ("few-shot", "gap>0.8")}
+    assert all(row["prompts"] == 6 for row in tasks["rows"] if row["method"] == "dense")
+    assert (work / "out" / "figures" / "layer_accuracy.png").exists()
+
+
+def test_report_rebuilds_the_same_tables_from_the_cache(evaluated):
+    work, _ = evaluated
+    [model_folder] = (work / "runs").iterdir()
+    ok("report", model_folder, "--out", work / "again")
+    first = json.loads((work / "out" / "tasks.json").read_text())["rows"]
+    again = json.loads((work / "again" / "tasks.json").read_text())["rows"]
+    assert first == again
+
+
+@pytest.mark.parametrize("args, keywords", [
+    (("--tasks", "nope"), ("unknown task 'nope'",)),
+    (("--tasks", "missing.jsonl"), ("missing.jsonl", "does not exist")),
+    (("--tasks", "sst2", "--shots", "five"), ("comma-separated integers",)),
+    (("--tasks", "sst2", "--limit", 0), ("at least 1",)),
+])
+def test_eval_rejects_bad_arguments_before_loading_anything(args, keywords):
+    assert_clean_error(invoke("eval", *args, "--model", "/nonexistent/model"), *keywords)
+
+
+def test_report_on_an_empty_folder_fails_clearly(tmp_path):
+    assert_clean_error(invoke("report", tmp_path, "--out", tmp_path / "out"), "no collected settings")

@@ -1,0 +1,95 @@
+"""Tables and figures from collected settings: scoring rows, averaging, files written."""
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from adainfer.collect import Collection
+from adainfer.harness import Setting, SettingData
+from adainfer.report import PAPER_METHODS, dense_and_oracle, factor_rows, score, setting_rows, transfer_rows
+from adainfer.policies import GapThresholdPolicy
+from adainfer.tables import summarise, write_report
+
+LAYERS = 6
+NAMES = ("gap", "top_prob", "depth", "cos_attn", "cos_mlp", "cos_hidden", "agree_prev")
+IDENTITY = {"architecture": "Toy", "num_layers": LAYERS, "hidden_size": 64, "vocab_size": 100, "head_sha256": "0"}
+
+
+def synthetic(prompts: int, seed: int, settle: int = 3) -> Collection:
+    """Traces whose top-1 becomes the gold token (7) at layer `settle` or later, and gap jumps with it."""
+    rng = np.random.default_rng(seed)
+    settles = rng.integers(settle, LAYERS + 1, size=prompts)
+    layer = np.arange(1, LAYERS + 1)
+    right = layer[None, :] >= settles[:, None]
+    top1 = np.where(right, 7, 3)
+    features = rng.uniform(0, 0.3, size=(prompts, LAYERS, len(NAMES))).astype(np.float32)
+    features[..., 0] += 0.6 * right  # gap
+    features[..., 2] = layer / LAYERS  # depth
+    return Collection(features=features, labels=right.astype(np.int64), top1=top1, gold=np.full(prompts, 7),
+                      seq_len=np.full(prompts, 20), feature_names=NAMES, model_identity=IDENTITY)
+
+
+def setting(task: str, shots: int, seed: int = 0) -> SettingData:
+    return SettingData(Setting(task, shots), "toys", synthetic(40, seed), synthetic(30, seed + 100))
+
+
+def test_dense_and_oracle_rows_follow_the_traces():
+    data = setting("a", 0)
+    dense, oracle = dense_and_oracle(data)
+    assert dense["accuracy"] == 1.0 and dense["mean_exit_layer"] == LAYERS
+    first_right = (data.eval.top1 == 7).argmax(axis=1) + 1
+    assert oracle["mean_exit_layer"] == pytest.approx(first_right.mean(), abs=1e-4)
+    assert oracle["layers_saved"] == pytest.approx(1 - first_right.mean() / LAYERS, abs=1e-4)
+
+
+def test_a_learnable_signal_gives_the_svm_most_of_the_oracle():
+    rows = {row["method"]: row for row in setting_rows(setting("a", 5))}
+    assert set(rows) == {"dense", "oracle", "svm", "crf", "gap>0.8", "svm+depth"}
+    assert rows["svm"]["accuracy_change"] > -0.05
+    assert rows["svm"]["saved_of_oracle"] > 0.8
+
+
+def test_an_untrainable_policy_gives_its_reason_not_figures():
+    data = setting("a", 0)
+    data.train.labels[:] = 0
+    result = score(PAPER_METHODS[0].make(), data.train, data.eval)
+    assert "only label 0" in result["error"] and "accuracy" not in result
+    assert "accuracy" in score(GapThresholdPolicy(0.8), data.train, data.eval)
+
+
+def test_few_shot_rows_average_over_the_numbers_of_demonstrations():
+    rows = setting_rows(setting("a", 5, seed=1)) + setting_rows(setting("a", 10, seed=2)) + setting_rows(setting("a", 0))
+    summary = summarise(rows).set_index(["regime", "task", "method"])
+    few = [row["accuracy"] for row in rows if row["method"] == "svm" and row["shots"] > 0]
+    assert summary.loc[("few-shot", "a", "svm"), "accuracy"] == pytest.approx(np.mean(few))
+    assert summary.loc[("few-shot", "a", "svm"), "shots"] == "5,10"
+    assert summary.loc[("zero-shot", "a", "svm"), "shots"] == "0"
+
+
+def test_transfer_replays_one_classifier_on_every_target():
+    sources = [setting("a", 5), setting("b", 5, seed=7)]
+    rows = transfer_rows(sources, sources)
+    assert [(r["train_task"], r["eval_task"]) for r in rows] == [
+        ("a/5shot-seed0", "a/5shot-seed0"), ("a/5shot-seed0", "b/5shot-seed0"),
+        ("b/5shot-seed0", "a/5shot-seed0"), ("b/5shot-seed0", "b/5shot-seed0")]
+
+
+def test_factor_study_adds_one_cosine_at_a_time():
+    rows = factor_rows(setting("a", 5))
+    assert [row["features"] for row in rows] == ["gap, top_prob", "+ cos_attn", "+ cos_hidden", "+ cos_mlp"]
+
+
+def test_report_writes_every_table_and_figure_with_its_command(tmp_path):
+    settings = [setting("a", 0), setting("a", 5), setting("b", 5, seed=3)]
+    written = write_report(settings, tmp_path, "adainfer eval --tasks a,b")
+    names = {path.relative_to(tmp_path).as_posix() for path in written}
+    for stem in ("tasks", "groups", "inter_task", "factor_study"):
+        assert {f"{stem}.csv", f"{stem}.json", f"{stem}.md"} <= names
+        assert (tmp_path / f"{stem}.md").read_text().splitlines()[2] == "Command: `adainfer eval --tasks a,b`"
+    for png in ("layer_accuracy.png", "lens_features_a.png", "exit_layers_b.png"):
+        assert (tmp_path / "figures" / png).read_bytes()[:4] == b"\x89PNG"
+    table = pd.read_csv(tmp_path / "tasks.csv")
+    assert set(table["regime"]) == {"zero-shot", "few-shot"}
+    assert json.loads((tmp_path / "rows.json").read_text())["command"] == "adainfer eval --tasks a,b"
