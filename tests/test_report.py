@@ -8,7 +8,7 @@ import pytest
 
 from adainfer.collect import Collection
 from adainfer.harness import Setting, SettingData
-from adainfer.report import PAPER_METHODS, dense_and_oracle, factor_rows, score, setting_rows, transfer_rows
+from adainfer.report import PAPER_METHODS, calibration_rows, dense_and_oracle, factor_rows, score, setting_rows, transfer_rows
 from adainfer.policies import GapThresholdPolicy
 from adainfer.tables import summarise, write_report
 
@@ -46,7 +46,7 @@ def test_dense_and_oracle_rows_follow_the_traces():
 
 def test_a_learnable_signal_gives_the_svm_most_of_the_oracle():
     rows = {row["method"]: row for row in setting_rows(setting("a", 5))}
-    assert set(rows) == {"dense", "oracle", "svm", "crf", "gap>0.8", "svm+depth"}
+    assert set(rows) == {"dense", "oracle", "svm", "crf", "gap>0.8", "svm+depth", "svm+depth+agree"}  # no candidates here
     assert rows["svm"]["accuracy_change"] > -0.05
     assert rows["svm"]["saved_of_oracle"] > 0.8
 
@@ -85,7 +85,7 @@ def test_report_writes_every_table_and_figure_with_its_command(tmp_path):
     settings = [setting("a", 0), setting("a", 5), setting("b", 5, seed=3)]
     written = write_report(settings, tmp_path, "adainfer eval --tasks a,b")
     names = {path.relative_to(tmp_path).as_posix() for path in written}
-    for stem in ("tasks", "groups", "inter_task", "factor_study"):
+    for stem in ("tasks", "groups", "inter_task", "factor_study", "beyond", "best_within_1pt", "calibration"):
         assert {f"{stem}.csv", f"{stem}.json", f"{stem}.md"} <= names
         assert (tmp_path / f"{stem}.md").read_text().splitlines()[2] == "Command: `adainfer eval --tasks a,b`"
     for png in ("layer_accuracy.png", "lens_features_a.png", "exit_layers_b.png"):
@@ -93,3 +93,17 @@ def test_report_writes_every_table_and_figure_with_its_command(tmp_path):
     table = pd.read_csv(tmp_path / "tasks.csv")
     assert set(table["regime"]) == {"zero-shot", "few-shot"}
     assert json.loads((tmp_path / "rows.json").read_text())["command"] == "adainfer eval --tasks a,b"
+
+
+def test_a_check_schedule_skips_layers_the_policy_never_accepted_in_training():
+    rows = {row["method"]: row for row in setting_rows(setting("a", 5))}
+    svm = rows["svm"]
+    assert svm["first_check"] >= 2  # gold never on top at layer 1 in these traces
+    assert svm["scheduled_honest_flops_ratio"] < svm["honest_flops_ratio"]
+
+
+def test_calibration_rows_report_the_fraction_of_splits_within_epsilon():
+    data = SettingData(Setting("a", 5), "toys", synthetic(100, 0), synthetic(400, 1))
+    row = calibration_rows(data, epsilon=0.1, delta=0.1, splits=20)
+    assert row["splits"] == 20 and row["calibration_prompts"] == 200
+    assert 0 <= row["fraction_within_epsilon"] <= 1 and row["fraction_within_epsilon"] >= 0.9

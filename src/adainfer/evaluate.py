@@ -60,17 +60,45 @@ def cost_model_of(collection: Collection) -> CostModel:
     return CostModel(int(identity["num_layers"]), int(identity["hidden_size"]), int(identity["vocab_size"]))
 
 
-def evaluate_policy(policy: StopPolicy, collection: Collection) -> PolicyReport:
-    """Replay `policy` over `collection` (it must not be the data the policy was fitted on)."""
+CANDIDATE_ONLY = frozenset({"cand_gap", "cand_top_prob", "cand_agree_prev", "depth"})
+
+
+def reads_candidates_only(policy: StopPolicy) -> bool:
+    """True when every feature the policy reads comes from the candidate lens (or is free)."""
+    return any(name.startswith("cand_") for name in policy.features) and set(policy.features) <= CANDIDATE_ONLY
+
+
+def first_accepted_layer(policy: StopPolicy, collection: Collection) -> int:
+    """The earliest layer (1-based) at which `policy` accepts any prompt of `collection`.
+
+    A check schedule learned from training traces: layers before it need no lens at all.
+    """
+    decisions = policy.predict(collection.select(policy.features))[:, :-1].astype(bool)
+    return int(decisions.any(axis=0).argmax()) + 1 if decisions.any() else decisions.shape[1] + 1
+
+
+def evaluate_policy(policy: StopPolicy, collection: Collection, first_check: int = 1) -> PolicyReport:
+    """Replay `policy` over `collection` (it must not be the data the policy was fitted on).
+
+    Layers before `first_check` are not checked (a check schedule): the policy is not asked
+    there and no lens is paid. A policy on candidate features only pays |C| units per check and
+    answers with the best candidate.
+    """
     decisions = policy.predict(collection.select(policy.features))
+    decisions[:, : first_check - 1] = 0
     exits = exit_layers(decisions)
     rows = np.arange(len(exits))
-    answers = collection.top1[rows, exits - 1]
-    dense = collection.top1[:, -1]
+    candidates_only = reads_candidates_only(policy) and collection.cand_top1 is not None
+    chosen = collection.cand_top1 if candidates_only else collection.top1
+    answers = chosen[rows, exits - 1]
+    dense = chosen[:, -1]  # the full model under the same answer rule (vocabulary or candidates)
     cost = cost_model_of(collection)
     layers = cost.num_layers
     paper = [cost.paper_flops_ratio(int(e), int(s)) for e, s in zip(exits, collection.seq_len)]
-    honest = [cost.honest_flops_ratio(int(e), int(s), int(e)) for e, s in zip(exits, collection.seq_len)]
+    check_units = len(collection.candidate_ids) if candidates_only else None
+    checked = np.maximum(exits - first_check + 1, 1)
+    honest = [cost.honest_flops_ratio(int(e), int(s), int(c), check_units)
+              for e, s, c in zip(exits, collection.seq_len, checked)]
     correct = answers == collection.gold
     early = exits < layers
     return PolicyReport(
@@ -82,7 +110,7 @@ def evaluate_policy(policy: StopPolicy, collection: Collection) -> PolicyReport:
         mean_exit_layer=float(exits.mean()),
         var_exit_layer=float(exits.var()),
         layers_saved=float(1 - exits.mean() / layers),
-        oracle_layers_saved=float(1 - oracle_exit_layers(collection.top1).mean() / layers),
+        oracle_layers_saved=float(1 - oracle_exit_layers(chosen).mean() / layers),
         paper_flops_ratio=float(np.mean(paper)),
         honest_flops_ratio=float(np.mean(honest)),
         early_exits=int(early.sum()),

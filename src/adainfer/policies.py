@@ -187,10 +187,14 @@ class SVMPolicy(StopPolicy):
 
     def should_exit(self, trace: Any) -> bool:
         """Decision after the last layer of ``trace`` (n_layers_so_far, n_features)."""
+        return self._margin(trace) > 0
+
+    def _margin(self, trace: Any) -> float:
+        """Signed margin of the last row of ``trace``, without sklearn's per-call validation."""
         check_is_fitted(self)
         row = _check_trace(trace, self.n_features_in_)[-1]
         if self._fast_terms is None:
-            return bool(self.pipeline_.decision_function(row[None, :])[0] > 0)
+            return float(self.pipeline_.decision_function(row[None, :])[0])
         mean, scale, support, dual, intercept, gamma = self._fast_terms
         x = (row - mean) / scale
         if gamma is None:
@@ -198,7 +202,7 @@ class SVMPolicy(StopPolicy):
         else:
             diff = support - x
             kernel = np.exp(-gamma * np.einsum("ij,ij->i", diff, diff))
-        return bool(dual @ kernel + intercept > 0)
+        return float(dual @ kernel + intercept)
 
     def _prepare_fast_path(self) -> None:
         # sklearn's validation costs ~200 us per call, more than a small decoder layer; for the
@@ -380,7 +384,15 @@ _KINDS: dict[str, type[StopPolicy]] = {
 }
 
 
+def register_policy_kind(cls: type[StopPolicy]) -> type[StopPolicy]:
+    """Let `load_policy` rebuild policies of `cls.kind` (for policy classes in other modules)."""
+    _KINDS[cls.kind] = cls
+    return cls
+
+
 def _read_config(directory: Path) -> dict:
+    import adainfer.calibration  # noqa: F401  registers its policy kind before configs are read
+
     path = directory / CONFIG_NAME
     if not directory.is_dir():
         raise PolicyFileError(f"policy directory {directory} does not exist")
