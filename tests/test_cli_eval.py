@@ -54,3 +54,28 @@ def test_eval_rejects_bad_arguments_before_loading_anything(args, keywords):
 
 def test_report_on_an_empty_folder_fails_clearly(tmp_path):
     assert_clean_error(invoke("report", tmp_path, "--out", tmp_path / "out"), "no collected settings")
+
+
+def test_calibrate_saves_a_policy_with_its_certificate(evaluated):
+    work, _ = evaluated
+    folder = next((work / "runs").iterdir()) / "parity" / "0shot-seed0"
+    result = ok("calibrate", folder / "train.jsonl", folder / "eval.jsonl", "--out", work / "calibrated",
+                "--epsilon", 0.5, "--delta", 0.2, "--features", "gap,depth")
+    certificate = json.loads(result.stdout)["certificate"]
+    assert certificate["calibration_prompts"] == 6 and certificate["epsilon"] == 0.5
+    from adainfer.policies import load_policy
+    policy = load_policy(work / "calibrated")
+    assert policy.kind == "calibrated-svm" and policy.certificate_.calibration_prompts == 6
+
+
+@pytest.mark.parametrize("args, keywords", [
+    (("--epsilon", 0), ("epsilon and delta",)),
+    (("--min-layer", 99), ("--min-layer",)),
+    (("--features", "nope"), ("unknown or no features",)),
+])
+def test_calibrate_rejects_bad_arguments(evaluated, args, keywords):
+    work, _ = evaluated
+    folder = next((work / "runs").iterdir()) / "parity" / "0shot-seed0"
+    result = invoke("calibrate", folder / "train.jsonl", folder / "eval.jsonl", "--out", work / "bad", *args)
+    assert_clean_error(result, *keywords)
+    assert not (work / "bad").exists()

@@ -76,6 +76,13 @@ def _check_prompts(model: EarlyExitModel, items: list[LabelledPrompt], source: P
             raise ValueError(f"{source} line {number}: {error}") from None
 
 
+def _choices(text: str) -> list[str]:
+    answers = [answer.strip() for answer in text.split(",") if answer.strip()]
+    if len(answers) < 2:
+        raise ValueError(f"--choices needs at least two comma-separated answers, got {text!r}")
+    return answers
+
+
 def _features(text: str) -> tuple[str, ...]:
     return check_feature_names([name.strip() for name in text.split(",") if name.strip()])
 
@@ -195,6 +202,7 @@ def predict(
     prompts_file: Annotated[Path, typer.Argument(help="JSONL of {prompt} (an `answer` key, if present, is scored).")],
     policy_dir: Annotated[Path, typer.Option("--policy", "-p", help="Directory written by `adainfer train`.")],
     out: Annotated[Path | None, typer.Option("--out", "-o", help="Results JSONL. Default: stdout.")] = None,
+    choices: Annotated[str | None, typer.Option(help="Comma-separated closed answer set (e.g. negative,positive), for policies on cand_* features.")] = None,
     model: ModelOption = None,
     cache_dir: CacheOption = None,
 ) -> None:
@@ -202,13 +210,14 @@ def predict(
     items = read_prompts_jsonl(prompts_file, require_answer=False)
     loaded = _load(model, cache_dir)
     policy = load_policy(policy_dir, expected_identity=loaded.identity())
+    candidates = loaded.candidate_tokens(_choices(choices)) if choices else None
     _check_prompts(loaded, items, prompts_file)
     sink = out.open("w", encoding="utf-8") if out else sys.stdout
     records = []
     try:
         with Progress(console=err, transient=out is None) as progress:
             for item in progress.track(items, description="predicting"):
-                record = {"prompt": item.prompt, **predict_one(loaded, item.prompt, policy).to_dict()}
+                record = {"prompt": item.prompt, **predict_one(loaded, item.prompt, policy, candidates).to_dict()}
                 if item.answer:
                     record["gold"] = item.answer
                     record["correct"] = record["answer_token_id"] == loaded.answer_token(item.prompt, item.answer)

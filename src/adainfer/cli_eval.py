@@ -5,6 +5,8 @@ Registered on the main app by `adainfer.cli`; kept apart so the single-prompt ve
 
 from __future__ import annotations
 
+import json
+import math
 import shlex
 import time
 from pathlib import Path
@@ -13,7 +15,9 @@ from typing import Annotated
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from adainfer.cli import CacheOption, ModelOption, _clean_errors, _load, app, err
+from adainfer.calibration import CalibratedPolicy
+from adainfer.cli import CacheOption, ModelOption, _clean_errors, _features, _load, app, err
+from adainfer.collect import load_collection
 from adainfer.harness import HarnessError, collect_setting, load_setting, model_slug, settings_grid
 from adainfer.tables import write_report
 from adainfer.tasks import TASKS
@@ -104,3 +108,31 @@ def report(
         raise HarnessError(f"no collected settings under {runs} (expected <task>/<setting>/setting.json)")
     written = write_report([load_setting(folder) for folder in folders], out, _command_line(context))
     err.print(f"{len(folders)} settings; wrote {len(written)} files under {out}")
+
+
+@app.command()
+@_clean_errors
+def calibrate(
+    train_rows: Annotated[Path, typer.Argument(help="Rows (`adainfer collect`) to fit the scorer on; no labels are used.")],
+    calibration_rows: Annotated[Path, typer.Argument(help="Other rows of the same task to calibrate the threshold on.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Directory for the calibrated policy.")],
+    epsilon: Annotated[float, typer.Option(help="Largest acceptable fraction of answers that differ from the full model's.")] = 0.05,
+    delta: Annotated[float, typer.Option(help="Allowed probability that the calibration sample misleads (confidence 1 - delta).")] = 0.05,
+    features: Annotated[str, typer.Option(help="Comma-separated features of the scorer.")] = "gap,top_prob,depth,agree_prev",
+    min_layer: Annotated[int, typer.Option(help="Never exit before this layer (1-based).")] = 1,
+) -> None:
+    """Fit a stop policy whose exit threshold is certified by Learn then Test: risk <= epsilon w.p. >= 1 - delta."""
+    train = load_collection(train_rows)
+    calibration = load_collection(calibration_rows)
+    if train.model_identity != calibration.model_identity:
+        raise ValueError(f"{train_rows} and {calibration_rows} come from different models")
+    names = _features(features)
+    if not 1 <= min_layer <= train.top1.shape[1]:
+        raise ValueError(f"--min-layer must be in 1..{train.top1.shape[1]}, got {min_layer}")
+    policy = CalibratedPolicy(names, min_layer=min_layer).fit(train.select(names), train.top1)
+    certificate = policy.calibrate(calibration.select(names), calibration.top1, epsilon, delta)
+    policy.save(out, train.model_identity)
+    if math.isinf(certificate.threshold):
+        err.print(f"no threshold passed with {certificate.calibration_prompts} calibration prompts: the policy "
+                  f"never exits early (more calibration prompts or a larger epsilon would let it)")
+    typer.echo(json.dumps({"saved_to": str(out), "certificate": certificate.to_dict()}, indent=2))
