@@ -49,3 +49,24 @@ def test_early_layers_are_confident_in_junk(gemma, sst2_prompt):
     trace = gemma.trace(sst2_prompt.prompt, ["gap", "top_prob"])
     gold = gemma.answer_token(sst2_prompt.prompt, sst2_prompt.answer)
     assert trace.features[0, 1] > 0.9 and trace.top1[0] != gold
+
+
+@pytest.mark.parametrize("task, choices", [("sst2", (" negative", " positive")), ("mmlu", (" A", " B", " C", " D"))])
+def test_closed_answer_sets_are_single_distinct_tokens(gemma, task, choices):
+    from adainfer.tasks import TASKS
+
+    ids = gemma.candidate_tokens(TASKS[task].choices)
+    assert [gemma.decode_token(i) for i in ids] == list(choices)
+
+
+def test_candidate_lens_agrees_with_the_full_lens_and_a_harness_setting_collects(gemma, sst2_prompt, tmp_path):
+    from adainfer.harness import Setting, collect_setting
+
+    candidates = gemma.candidate_tokens(("negative", "positive"))
+    trace = gemma.trace(sst2_prompt.prompt, ("gap", "cand_gap", "cand_top_prob"), candidates)
+    cheap = predict(gemma, sst2_prompt.prompt, GapThresholdPolicy(threshold=2.0, feature="cand_gap"), candidates)
+    assert cheap.top1_trace == trace.cand_top1.tolist()
+    torch.testing.assert_close(torch.tensor(cheap.trace)[:, 0], torch.tensor(trace.features[:, 1]), atol=1e-4, rtol=0)
+    assert cheap.honest_flops_ratio < 1.0  # |C| = 2 head rows per check instead of 262,144
+    data = collect_setting(gemma, Setting("sst2", shots=1), tmp_path, 2, 2)
+    assert data.eval.candidate_ids == tuple(candidates) and data.eval.top1.shape == (2, 18)
