@@ -79,3 +79,19 @@ def test_calibrate_rejects_bad_arguments(evaluated, args, keywords):
     result = invoke("calibrate", folder / "train.jsonl", folder / "eval.jsonl", "--out", work / "bad", *args)
     assert_clean_error(result, *keywords)
     assert not (work / "bad").exists()
+
+
+def test_candidate_features_from_collect_to_predict(tmp_path, task_file, tiny_llama_dir):
+    model = ("--model", tiny_llama_dir, "--cache-dir", tmp_path / "cache")
+    ok("prompts", task_file, "--out", tmp_path / "p.jsonl", "--shots", 1, "--limit", 6)
+    ok("collect", tmp_path / "p.jsonl", "-o", tmp_path / "rows.jsonl", "--features", "cand_gap,depth",
+       "--choices", "even,odd", *model)
+    ok("train", tmp_path / "rows.jsonl", "--policy", "gap", "--features", "cand_gap", "--threshold", 2.0,
+       "-o", tmp_path / "policy")
+    result = ok("predict", tmp_path / "p.jsonl", "-p", tmp_path / "policy", "--choices", "even,odd", *model)
+    records = [json.loads(line) for line in result.stdout.splitlines()]
+    assert len(records) == 6 and all(r["answer_text"] == " " for r in records)  # " even"/" odd" start with " "
+    missing = invoke("predict", tmp_path / "p.jsonl", "-p", tmp_path / "policy", *model)
+    assert_clean_error(missing, "candidate answer tokens")
+    assert_clean_error(invoke("collect", tmp_path / "p.jsonl", "-o", tmp_path / "r2.jsonl", "--choices", "even",
+                              *model), "at least two")

@@ -137,17 +137,21 @@ def collect(
     prompts_file: Annotated[Path, typer.Argument(help="JSONL of {prompt, answer}.")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Rows file (JSONL); an existing one is resumed.")],
     features: Annotated[str, typer.Option(help="Comma-separated features to record.")] = "gap,top_prob,depth",
+    choices: Annotated[str | None, typer.Option(help="Comma-separated closed answer set, for cand_* features.")] = None,
     model: ModelOption = None,
     cache_dir: CacheOption = None,
 ) -> None:
     """Record one row per (prompt, layer): lens features and whether the layer's top-1 is the gold token."""
     items = read_prompts_jsonl(prompts_file)
     names = _features(features)
+    answers = _choices(choices) if choices else None
     loaded = _load(model, cache_dir)
     _check_prompts(loaded, items, prompts_file)
+    candidates = loaded.candidate_tokens(answers) if answers else None
     with Progress(console=err) as progress:
         bar = progress.add_task("collecting", total=len(items))
-        added = collect_rows(loaded, items, out, names, on_prompt=lambda _: progress.advance(bar))
+        added = collect_rows(loaded, items, out, names, on_prompt=lambda _: progress.advance(bar),
+                             candidate_ids=candidates)
         progress.update(bar, completed=len(items))
     err.print(f"{added} prompts added, {len(items)} in {out}")
 
