@@ -158,7 +158,7 @@ def calibration_rows(data: SettingData, epsilon: float, delta: float, splits: in
     scores = policy.pipeline_.decision_function(
         data.eval.select(features).reshape(-1, len(features))).reshape(data.eval.top1.shape)
     rng = np.random.default_rng(seed)
-    risks, saved, certified = [], [], []
+    risks, saved, certified, accuracy_changes = [], [], [], []
     layers = data.eval.top1.shape[1]
     oracle_saved = 1 - oracle_exit_layers(data.eval.top1).mean() / layers
     for _ in range(splits):
@@ -166,8 +166,10 @@ def calibration_rows(data: SettingData, epsilon: float, delta: float, splits: in
         calibration, test = order[: len(order) // 2], order[len(order) // 2:]
         certificate = learn_then_test(scores[calibration], data.eval.top1[calibration], epsilon, delta)
         exits = exits_at(scores[test], certificate.threshold)
-        top1 = data.eval.top1[test]
-        risks.append(float((top1[np.arange(len(test)), exits - 1] != top1[:, -1]).mean()))
+        top1, gold = data.eval.top1[test], data.eval.gold[test]
+        answers = top1[np.arange(len(test)), exits - 1]
+        risks.append(float((answers != top1[:, -1]).mean()))
+        accuracy_changes.append(float((answers == gold).mean() - (top1[:, -1] == gold).mean()))
         saved.append(float(1 - exits.mean() / layers))
         certified.append(bool(np.isfinite(certificate.threshold)))
     risks_array = np.array(risks)
@@ -177,5 +179,6 @@ def calibration_rows(data: SettingData, epsilon: float, delta: float, splits: in
             "mean_disagreement": round(float(risks_array.mean()), 4),
             "p95_disagreement": round(float(np.quantile(risks_array, 0.95)), 4),
             "splits_with_early_exits": round(float(np.mean(certified)), 4),
+            "accuracy_change": round(float(np.mean(accuracy_changes)), 4),
             "layers_saved": round(float(np.mean(saved)), 4),
             "saved_of_oracle": round(float(np.mean(saved) / oracle_saved), 4) if oracle_saved > 0 else None}

@@ -1,0 +1,15 @@
+#!/usr/bin/env bash
+# The paper's tables and figures on the embedded Gemma 3 270M, every task group, zero- and 5-shot.
+# Per-layer traces are cached under runs/cache and reused: rerunning resumes where it stopped, and
+# a larger --limit extends the cache. The two collections run side by side (one thread each).
+# Run from the repository root (data from ../shared/data or $ADAINFER_DATA).
+set -euo pipefail
+tasks=${TASKS:-sst2,ag_news,fv_abstractive,fv_extractive,relations,commonsense_qa,mmlu,squad}
+limit=${LIMIT:-200}          # evaluation prompts per task and setting
+train_limit=${TRAIN_LIMIT:-100}  # classifier-training prompts per task and setting
+export OMP_NUM_THREADS=1 MKL_NUM_THREADS=1
+adainfer eval --tasks "$tasks" --shots 0 --limit "$limit" --train-limit "$train_limit" --out runs/report-0shot &
+adainfer eval --tasks "$tasks" --shots 5 --limit "$limit" --train-limit "$train_limit" --out runs/report-5shot
+wait
+model_dir=$(ls -d runs/cache/Gemma3ForCausalLM-* | head -1)
+adainfer report "$model_dir" --out results/gemma3-270m
