@@ -242,3 +242,4 @@ def predict(
 
 # Verbs that live in their own modules register themselves on `app` when imported.
 from adainfer import cli_eval  # noqa: E402,F401
+from adainfer import cli_generate  # noqa: E402,F401

@@ -1,0 +1,288 @@
+"""One sequence's KV cache and the three passes that generation with early exit makes over it.
+
+`KVDecoder` owns a transformers `DynamicCache` for a single sequence (batch size 1) and moves it
+forward with `LayerExecutor`, so every layer that runs is the model's own module:
+
+- `full_pass(token_ids)`: all layers on q new tokens (the prompt, or the verification of drafts
+  made by a stop policy); every layer's cache grows by q.
+- `early_pass(token_id, ...)`: layers one at a time for one token until a fixed layer or a stop
+  policy ends it; the exit layer's logit lens chooses the next token.
+- `finish_pass(token_ids, hidden, start_layer)`: layers `start_layer`..L-1 on q tokens whose
+  layers below it already ran in early passes (their K/V is cached, `hidden` is their output):
+  the verification of drafts made at a fixed layer, which reuses the drafts' shallow K/V as
+  LayerSkip does (Elhoushi et al. 2024) instead of recomputing it.
+- `crop(length)`: forget every cache entry from position `length` on, in every layer (rejected
+  drafts), with the cache class's own `crop`.
+
+The layers an early pass skips still owe key/value entries to later tokens. `early_pass` can fill
+them by *state propagation* (CALM, Schuster et al. 2022): the exit layer's hidden state is copied
+forward as the input of every skipped layer, and only that layer's attention block runs on it -
+its own input norm, K/V projections (and rotary / K-norm) and cache update - never its MLP. The
+attention block is stopped right after its forward by a hook, so no layer code is re-implemented.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from transformers import DynamicCache
+
+from adainfer.executor import LayerExecutor, LayerInputs
+from adainfer.features import FeatureReader
+from adainfer.families import resolve
+from adainfer.model import EarlyExitModel
+
+if TYPE_CHECKING:
+    from adainfer.predict import StopPolicy
+
+
+class _AttentionDone(Exception):
+    """Raised by a hook after a skipped layer's attention block: its MLP must not run."""
+
+
+def _stop_after_attention(module: torch.nn.Module, args: object, output: object) -> None:
+    raise _AttentionDone
+
+
+@dataclass
+class EarlyStep:
+    """One token's early pass: the token its exit layer chose, that layer (1..L), lens products spent."""
+
+    token_id: int
+    exit_layer: int
+    lens_checks: int
+    filled_layers: int  # skipped layers whose K/V came from the exit state (0 when not filled)
+    hidden: torch.Tensor  # (1, 1, hidden): the exit layer's output at this position
+
+
+class DraftHead:
+    """The logit lens restricted to candidate tokens, for choosing drafts cheaply.
+
+    On a large vocabulary the LM head costs more than the decoder (Gemma 3 270M: V*h = 168M
+    multiply-adds per row against ~5M per layer), so a draft read through the full head is barely
+    cheaper than a dense step. A draft only has to be a good guess - verification decides - so it is
+    read from candidate rows only, as FR-Spec (Zhao et al. 2025) drafts from frequent tokens. The
+    candidates are ids 0..first_ids-1 (a view of the head, no copy) plus `extra_ids` and every
+    token passed to `add`. The model's final norm and projection are applied; its soft-cap is not,
+    being monotonic it cannot change the argmax.
+    """
+
+    def __init__(self, model: EarlyExitModel, first_ids: int, extra_ids: Sequence[int] = ()) -> None:
+        self.executor = model.executor
+        head = self.executor.head
+        vocab_size = head.weight.shape[0]
+        if first_ids < 0 or any(not 0 <= int(token) < vocab_size for token in extra_ids):
+            raise ValueError(f"draft vocabulary must be ids in 0..{vocab_size - 1}")
+        self.first_ids = min(first_ids, vocab_size)
+        self.first_weight, self.first_bias = self._rows(slice(0, self.first_ids))  # views, no copy
+        self.extra = sorted({int(token) for token in extra_ids if int(token) >= self.first_ids})
+        self.extra_weight, self.extra_bias = self._rows(torch.tensor(self.extra, dtype=torch.long))
+        if not self.first_ids and not self.extra:
+            raise ValueError("draft vocabulary is empty")
+
+    def _rows(self, index: slice | torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        bias = getattr(self.executor.head, "bias", None)
+        return self.executor.head.weight.detach()[index], None if bias is None else bias.detach()[index]
+
+    def add(self, token_id: int) -> None:
+        """Make `token_id` a candidate (one row appended)."""
+        if token_id >= self.first_ids and token_id not in self.extra:
+            self.extra.append(token_id)
+            weight, bias = self._rows(torch.tensor([token_id]))
+            self.extra_weight = torch.cat([self.extra_weight, weight])
+            if bias is not None:
+                self.extra_bias = torch.cat([self.extra_bias, bias])
+
+    @torch.no_grad()
+    def argmax(self, hidden: torch.Tensor) -> int:
+        """The candidate with the highest logit for one hidden state (hidden,)."""
+        if self.executor.final_norm is not None:
+            hidden = self.executor.final_norm(hidden)
+        if self.executor.post_norm_projection is not None:
+            hidden = self.executor.post_norm_projection(hidden)
+        best, best_logit = -1, float("-inf")
+        if self.first_ids:
+            logits = F.linear(hidden, self.first_weight, self.first_bias)
+            best = int(logits.argmax())
+            best_logit = float(logits[best])
+        if self.extra:
+            logits = F.linear(hidden, self.extra_weight, self.extra_bias)
+            index = int(logits.argmax())
+            if float(logits[index]) > best_logit:
+                best = self.extra[index]
+        return best
+
+
+class _WeightMajorHead(torch.nn.Module):
+    """A linear LM head computed as W @ x.T instead of x @ W.T: the same product, summed in another order.
+
+    Verification reads q = 2..8 rows at once. On a CPU, MKL runs x @ W.T with so few rows 2-3x
+    slower than W @ x.T (Gemma 3 270M, one thread: 2 rows 89 ms against 28 ms; one row 44 ms
+    either way), which would eat the saving of reading the head's weights once for q tokens.
+    """
+
+    def __init__(self, head: torch.nn.Linear) -> None:
+        super().__init__()
+        self.head = head
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        rows = hidden.reshape(-1, hidden.shape[-1])
+        logits = torch.mm(self.head.weight, rows.T).T
+        if self.head.bias is not None:
+            logits = logits + self.head.bias
+        return logits.reshape(*hidden.shape[:-1], -1)
+
+
+def _verification_lens(executor: LayerExecutor) -> LayerExecutor:
+    """The executor's own `lens` (norm, projection, soft-cap) with a weight-major head, when it is linear."""
+    if type(executor.head) is not torch.nn.Linear:
+        return executor
+    view = copy.copy(executor)
+    view.head = _WeightMajorHead(executor.head)
+    return view
+
+
+class KVDecoder:
+    """Batch-size-1 decoding state: a `DynamicCache` built from the model's config, and its length.
+
+    `length` is the number of positions every layer's cache holds once a pass is complete; the
+    next token fed takes position `length`. `record_past=True` keeps sliding-window layers from
+    dropping entries before `crop` is called, so rejected drafts can be removed from them too
+    (transformers' `Cache.activate_past_recording`).
+    """
+
+    def __init__(self, model: EarlyExitModel, record_past: bool = False) -> None:
+        self.model = model
+        self.executor = model.executor
+        self._many_rows_lens = _verification_lens(model.executor)
+        self.cache = DynamicCache(config=model.model.config)
+        if record_past:
+            self.cache.activate_past_recording()
+        self.length = 0
+
+    @property
+    def num_layers(self) -> int:
+        return self.executor.num_layers
+
+    def layer_lengths(self) -> list[int]:
+        """Cached positions per decoder layer (a layer never written reads 0)."""
+        return [self.cache.get_seq_length(index) for index in range(self.num_layers)]
+
+    def _prepare(self, token_ids: Sequence[int]) -> LayerInputs:
+        return self.executor.prepare(torch.tensor([list(token_ids)]), past_key_values=self.cache)
+
+    @torch.no_grad()
+    def full_pass(self, token_ids: Sequence[int], logits_for: int | None = None) -> torch.Tensor:
+        """Run every layer on `token_ids` (q,) at positions length..length+q-1; logits (logits_for or q, V).
+
+        Only the last `logits_for` positions go through the LM head (1 for a prompt).
+        """
+        if not token_ids:
+            raise ValueError("full_pass needs at least one token")
+        inputs = self._prepare(token_ids)
+        hidden = self.executor.run_layers(inputs.embeddings, inputs, 0, self.num_layers)
+        self.length += len(token_ids)
+        rows = len(token_ids) if logits_for is None else logits_for
+        return (self.executor if rows == 1 else self._many_rows_lens).lens(hidden[0, -rows:])
+
+    @torch.no_grad()
+    def early_pass(self, token_id: int, exit_layer: int | None = None, policy: StopPolicy | None = None,
+                   min_exit_layer: int = 1, fill: bool = True, draft_head: DraftHead | None = None) -> EarlyStep:
+        """Feed one token until `exit_layer` (fixed, 1..L) or until `policy` accepts; choose the next token.
+
+        With a policy, the lens is read after every layer from `min_exit_layer` on and the policy
+        sees the features of the layers read so far (from that layer on: right for per-layer
+        policies such as SVM and gap rules; a CRF was trained on traces from layer 1); the last
+        layer always answers. With `fill`, the skipped layers get K/V by state propagation (module
+        docstring); without it they are left short, which only a caller that crops them before
+        they are read may do. `draft_head` replaces the full lens for a fixed exit layer.
+        """
+        if (exit_layer is None) == (policy is None):
+            raise ValueError("give exactly one of exit_layer and policy")
+        inputs = self._prepare([token_id])
+        if policy is None:
+            if not 1 <= exit_layer <= self.num_layers:
+                raise ValueError(f"exit layer must be in 1..{self.num_layers}, got {exit_layer}")
+            hidden = self.executor.run_layers(inputs.embeddings, inputs, 0, exit_layer)
+            last = hidden[0, -1]
+            token = draft_head.argmax(last) if draft_head else int(self.executor.lens(last).argmax())
+            exit_at, checks = exit_layer, 1
+        else:
+            hidden, token, exit_at, checks = self._run_until_policy(inputs, policy, min_exit_layer)
+        filled = 0
+        if fill and exit_at < self.num_layers:
+            self._fill_from_state(hidden, inputs, exit_at)
+            filled = self.num_layers - exit_at
+        self.length += 1
+        return EarlyStep(token_id=token, exit_layer=exit_at, lens_checks=checks, filled_layers=filled,
+                         hidden=hidden[:, -1:])
+
+    @torch.no_grad()
+    def finish_pass(self, token_ids: Sequence[int], hidden: torch.Tensor, start_layer: int) -> torch.Tensor:
+        """Run layers start_layer..L-1 on the last q tokens fed by early passes without fill; logits (q, V).
+
+        Layers below `start_layer` already cache those q positions, and `hidden` (1, q, hidden) is
+        their output of layer start_layer-1. The layer arguments (masks, positions, rotary tables)
+        are recorded on a view of the cache whose layers below `start_layer` are cut back by q, so
+        that they describe what the upper layers hold; the upper layers then cache the q positions.
+        """
+        if hidden.shape[:2] != (1, len(token_ids)):
+            raise ValueError(f"hidden must have shape (1, {len(token_ids)}, hidden), got {tuple(hidden.shape)}")
+        base = self.length - len(token_ids)
+        if start_layer < self.num_layers:
+            view = copy.copy(self.cache)
+            view.layers = list(self.cache.layers)
+            for index in range(start_layer):
+                stand_in = copy.copy(view.layers[index])  # shares tensors; crop rebinds, never writes
+                stand_in.crop(base - stand_in.get_seq_length())
+                view.layers[index] = stand_in
+            inputs = self.executor.prepare(torch.tensor([list(token_ids)]), past_key_values=view)
+            hidden = self.executor.run_layers(hidden, inputs, start_layer, self.num_layers)
+        return (self.executor if len(token_ids) == 1 else self._many_rows_lens).lens(hidden[0])
+
+    def _run_until_policy(self, inputs: LayerInputs, policy: StopPolicy,
+                          min_exit_layer: int) -> tuple[torch.Tensor, int, int, int]:
+        """Layers one at a time, reading the lens from `min_exit_layer`; (hidden, token, exit layer, reads)."""
+        hidden = inputs.embeddings
+        rows: list[np.ndarray] = []
+        start = max(1, min(min_exit_layer, self.num_layers)) - 1  # layers before it are never read
+        hidden = self.executor.run_layers(hidden, inputs, 0, start)
+        with FeatureReader(self.executor, policy.features) as reader:
+            reader.reset(hidden)
+            for layer in range(start, self.num_layers):
+                hidden = self.executor.run_layers(hidden, inputs, layer, layer + 1)
+                readout = reader.read(layer, hidden)
+                rows.append(readout.features[0].numpy())
+                if layer + 1 < self.num_layers and policy.should_exit(np.stack(rows)):
+                    break
+        return hidden, int(readout.top1[0]), layer + 1, len(rows)
+
+    def _fill_from_state(self, hidden: torch.Tensor, inputs: LayerInputs, start: int) -> None:
+        """Write K/V of layers start..L-1 for this position from `hidden`, running attention blocks only."""
+        for index in range(start, self.num_layers):
+            layer = self.executor.layers[index]
+            handle = resolve(layer, self.executor.family.attention).register_forward_hook(_stop_after_attention)
+            try:
+                layer(hidden, *inputs.layer_args[index], **inputs.layer_kwargs[index])
+            except _AttentionDone:
+                pass
+            else:
+                raise RuntimeError(f"layer {index} never called its attention block "
+                                   f"{self.executor.family.attention!r}; cannot fill its cache")
+            finally:
+                handle.remove()
+
+    def crop(self, length: int) -> None:
+        """Keep positions 0..length-1 in every layer's cache (layers may hold different lengths before)."""
+        for index, layer in enumerate(self.cache.layers):
+            cached = layer.get_seq_length()
+            if cached < length:
+                raise RuntimeError(f"layer {index} caches {cached} positions, fewer than {length} to keep")
+            layer.crop(length - cached)  # a no-op at 0, except that sliding layers drop what they no longer need
+        self.length = length

@@ -1,0 +1,338 @@
+"""Multi-token generation with early exit on a frozen model, in two modes (batch size 1, greedy).
+
+`mode="lossless"` is self-speculative decoding (LayerSkip, Elhoushi et al. 2024; Draft & Verify,
+Zhang et al. 2024), with the model's own logit lens instead of a trained exit: draft tokens with
+the first `draft_layer` layers (or wherever `policy` exits), then verify them with one pass of the
+full model and keep the longest prefix it agrees with plus its own token at the first
+disagreement. Every emitted token is the full model's greedy choice, so the output equals
+`model.generate(do_sample=False)` token for token (up to float ties: verifying q tokens in one
+pass sums in another order than q one-token steps). The draft length adapts as in transformers'
+assisted generation: +2 after a fully accepted round, -1 otherwise.
+
+`mode="fast"` verifies nothing: each token is its exit layer's lens top-1, and the layers it
+skipped get K/V by state propagation (`adainfer.decoding`). Its quality must be measured.
+
+In both modes the prompt runs through every layer (later tokens attend to its K/V at every
+depth), so the first generated token is the dense model's.
+"""
+
+from __future__ import annotations
+
+import string
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+
+from adainfer.decoding import DraftHead, EarlyStep, KVDecoder
+from adainfer.model import EarlyExitModel
+
+if TYPE_CHECKING:
+    from adainfer.predict import StopPolicy
+
+MODES = ("lossless", "fast")
+MAX_DRAFT = 16
+# Drafts are read from the first 32,768 ids (plus ASCII characters, the prompt's and the generated
+# tokens): byte-pair and SentencePiece vocabularies number tokens roughly by frequency. On Gemma 3
+# 270M this makes lossless decoding 1.4x faster than HF generate, where the full head makes it
+# slower (results/generation-gemma3-270m.md).
+DEFAULT_DRAFT_VOCAB = 32768
+
+
+@dataclass
+class GeneratedToken:
+    """One emitted token, as the streaming callback sees it: `text` is what it adds to the output."""
+
+    token_id: int
+    text: str
+    exit_layer: int  # depth whose lens chose it; num_layers for tokens the full model chose
+
+
+@dataclass
+class GenerationResult:
+    """Text and costs of one `generate` call. Counts are per (position, layer), prompt excluded.
+
+    `layer_passes`: decoder layers applied to one position (drafts, verification, early passes).
+    `attention_only_passes`: skipped layers whose K/V came from state propagation (fast mode).
+    `lens_rows`: full-vocabulary LM-head products; `draft_head_rows`: products through the
+    restricted draft head. `draft_lengths` / `accepted_lengths`: per verification (lossless).
+    `kv_lengths`: positions cached per layer at the end; the last token is never fed back, so it is
+    prompt_tokens + len(token_ids) - 1 in every layer. `first_token_seconds`: time to first token.
+    """
+
+    text: str
+    token_ids: list[int]
+    exit_layers: list[int]
+    mode: str
+    num_layers: int
+    prompt_tokens: int
+    finish_reason: str  # "length", "eos" or "stop"
+    layer_passes: int = 0
+    attention_only_passes: int = 0
+    lens_rows: int = 0
+    draft_head_rows: int = 0
+    draft_lengths: list[int] = field(default_factory=list)
+    accepted_lengths: list[int] = field(default_factory=list)
+    kv_lengths: list[int] = field(default_factory=list)
+    seconds: float = 0.0
+    first_token_seconds: float = 0.0
+
+    @property
+    def tokens_per_second(self) -> float:
+        return len(self.token_ids) / self.seconds if self.seconds > 0 else 0.0
+
+    @property
+    def mean_accepted_length(self) -> float:
+        """Drafts accepted per verification (lossless); NaN when nothing was verified."""
+        return float(np.mean(self.accepted_lengths)) if self.accepted_lengths else float("nan")
+
+    @property
+    def mean_exit_layer(self) -> float:
+        """Mean depth whose lens chose each token (num_layers for the full model's tokens)."""
+        return float(np.mean(self.exit_layers)) if self.exit_layers else float("nan")
+
+    @property
+    def layers_per_token(self) -> float:
+        """Decoder-layer passes per generated token after the first (dense decoding: num_layers)."""
+        after_first = len(self.token_ids) - 1
+        return self.layer_passes / after_first if after_first > 0 else float("nan")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "tokens_per_second": self.tokens_per_second,
+                "mean_accepted_length": self.mean_accepted_length, "mean_exit_layer": self.mean_exit_layer,
+                "layers_per_token": self.layers_per_token}
+
+
+class _Output:
+    """Collects emitted tokens, streams them, and decides when to stop (length, end of sequence, stop string)."""
+
+    def __init__(self, model: EarlyExitModel, max_new_tokens: int, stop: Sequence[str],
+                 on_token: Callable[[GeneratedToken], None] | None) -> None:
+        self.tokenizer = model.tokenizer
+        self.max_new_tokens = max_new_tokens
+        self.stop = [text for text in stop if text]
+        self.on_token = on_token
+        self.eos_ids = eos_token_ids(model)
+        self.token_ids: list[int] = []
+        self.exit_layers: list[int] = []
+        self.text = ""
+        self.streamed = ""  # the part of `text` already passed to `on_token`
+        self.finish_reason: str | None = None
+        self.started = time.perf_counter()
+        self.first_token_seconds = 0.0
+
+    def emit(self, token_id: int, exit_layer: int) -> bool:
+        """Record one token and stream it; True when generation must stop after it."""
+        if not self.token_ids:
+            self.first_token_seconds = time.perf_counter() - self.started
+        self.token_ids.append(token_id)
+        self.exit_layers.append(exit_layer)
+        self.text = self.tokenizer.decode(self.token_ids, skip_special_tokens=True)
+        found = [self.text.find(stop) for stop in self.stop if stop in self.text]
+        if token_id in self.eos_ids:
+            self.finish_reason = "eos"
+        elif found:
+            self.finish_reason = "stop"
+        elif len(self.token_ids) >= self.max_new_tokens:
+            self.finish_reason = "length"
+        added = ""
+        # A character split over several byte tokens decodes as U+FFFD until its last byte arrives.
+        if self.text.startswith(self.streamed) and (self.finish_reason or not self.text.endswith("\ufffd")):
+            added, self.streamed = self.text[len(self.streamed):], self.text
+        if self.on_token is not None:
+            self.on_token(GeneratedToken(token_id=token_id, text=added, exit_layer=exit_layer))
+        if found:
+            self.text = self.text[: min(found)]
+        return self.finish_reason is not None
+
+    @property
+    def remaining(self) -> int:
+        return self.max_new_tokens - len(self.token_ids)
+
+
+def eos_token_ids(model: EarlyExitModel) -> set[int]:
+    """The ids that end generation, as `model.generate` reads them (generation config, then config)."""
+    eos = getattr(getattr(model.model, "generation_config", None), "eos_token_id", None)
+    if eos is None:
+        eos = model.model.config.eos_token_id
+    if eos is None:
+        return set()
+    return {int(eos)} if isinstance(eos, int) else {int(token) for token in eos}
+
+
+def ascii_character_tokens(model: EarlyExitModel) -> list[int]:
+    """The ids of printable ASCII characters tokenised one at a time.
+
+    Gemma's vocabulary numbers its single-character pieces last (':' is 236787), so the first N ids
+    miss punctuation; these few ids are added to a draft vocabulary given as an int.
+    """
+    ids: set[int] = set()
+    for character in string.printable:
+        ids.update(model.tokenizer(character, add_special_tokens=False).input_ids)
+    return sorted(ids)
+
+
+def generate(model: EarlyExitModel, prompt: str, max_new_tokens: int, mode: str = "lossless",
+             policy: StopPolicy | None = None, draft_layer: int | None = None,
+             stop: str | Sequence[str] | None = None, min_exit_layer: int = 1,
+             draft_vocab: int | Sequence[int] | None = DEFAULT_DRAFT_VOCAB, initial_draft: int = 4,
+             on_token: Callable[[GeneratedToken], None] | None = None) -> GenerationResult:
+    """Generate up to `max_new_tokens` tokens after `prompt` greedily, with early exit.
+
+    mode: "lossless" (draft early, verify at full depth; equals dense greedy decoding) or "fast"
+        (each token from its exit layer, never verified).
+    policy: a stop policy (`predict.StopPolicy`) choosing each token's exit layer; the lens is read
+        after every layer from `min_exit_layer` on. Otherwise `draft_layer` (1..L) is the fixed
+        exit layer of every draft (lossless) or of every token (fast, where it has no default).
+        The lossless default is L: on Gemma 3 270M the lens of earlier layers agrees with the last
+        layer too rarely for shallower drafts to pay (results/generation-gemma3-270m.md).
+    stop: a string, or several, ending generation once the output contains it; the returned text
+        is cut before it (streamed pieces are not). A stop string never produced runs to the end.
+    draft_vocab: lossless drafts at a fixed layer are read from these token ids (an int N means
+        ids 0..N-1 and `ascii_character_tokens`) plus the prompt's and each generated token,
+        instead of the full vocabulary (`decoding.DraftHead`); None reads the full lens.
+        Verification always uses the full head, so this changes the acceptance rate and the
+        speed, never the output. Unused with a policy (its features need the full lens) and in
+        fast mode.
+    on_token: called with each `GeneratedToken` as soon as it is final (for streaming).
+
+    Raises ValueError for max_new_tokens <= 0, an unknown mode, a bad exit layer, and a prompt
+    whose length plus max_new_tokens exceeds the model's context: the message gives the largest
+    max_new_tokens that fits (we refuse rather than truncate silently).
+    """
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
+    if max_new_tokens <= 0:
+        raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
+    if policy is not None and draft_layer is not None:
+        raise ValueError("give a policy or a draft layer, not both")
+    if policy is None:
+        if draft_layer is None and mode == "fast":
+            raise ValueError("fast mode needs a policy or a fixed exit layer (draft_layer)")
+        draft_layer = model.num_layers if draft_layer is None else draft_layer
+        if not 1 <= draft_layer <= model.num_layers:
+            raise ValueError(f"draft layer must be in 1..{model.num_layers}, got {draft_layer}")
+    if initial_draft < 1:
+        raise ValueError(f"initial_draft must be >= 1, got {initial_draft}")
+    prompt_ids = model.encode(prompt)[0].tolist()
+    room = model.max_context - len(prompt_ids)
+    if max_new_tokens > room:
+        raise ValueError(
+            f"prompt has {len(prompt_ids)} tokens and the model's context is {model.max_context}: "
+            f"max_new_tokens={max_new_tokens} does not fit; use at most {max(room, 0)}"
+            + (" (the prompt alone fills the context)" if room <= 0 else "")
+        )
+    stops = [stop] if isinstance(stop, str) else list(stop or [])
+    output = _Output(model, max_new_tokens, stops, on_token)
+    if mode == "lossless":
+        draft_head = None
+        if draft_vocab is not None and policy is None:
+            if isinstance(draft_vocab, int):
+                first_ids, extra_ids = draft_vocab, ascii_character_tokens(model)
+            else:
+                first_ids, extra_ids = 0, list(draft_vocab)
+            draft_head = DraftHead(model, first_ids, extra_ids + prompt_ids)
+        decoder, counts = _lossless(model, prompt_ids, output, policy, draft_layer, min_exit_layer,
+                                    draft_head, initial_draft)
+    else:
+        decoder, counts = _fast(model, prompt_ids, output, policy, draft_layer, min_exit_layer)
+    return GenerationResult(
+        text=output.text, token_ids=output.token_ids, exit_layers=output.exit_layers, mode=mode,
+        num_layers=model.num_layers, prompt_tokens=len(prompt_ids), finish_reason=output.finish_reason,
+        kv_lengths=decoder.layer_lengths(), seconds=time.perf_counter() - output.started,
+        first_token_seconds=output.first_token_seconds, **counts,
+    )
+
+
+def _prefill(decoder: KVDecoder, prompt_ids: list[int], output: _Output, counts: dict[str, Any]) -> int | None:
+    """Run the prompt at full depth and emit the dense first token; None if generation already ends."""
+    first = int(decoder.full_pass(prompt_ids, logits_for=1)[-1].argmax())
+    counts["lens_rows"] += 1
+    return None if output.emit(first, decoder.num_layers) else first
+
+
+def _count_early(counts: dict[str, Any], step: EarlyStep, draft_head: DraftHead | None = None) -> None:
+    counts["layer_passes"] += step.exit_layer
+    counts["attention_only_passes"] += step.filled_layers
+    if draft_head is None:
+        counts["lens_rows"] += step.lens_checks
+    else:
+        counts["draft_head_rows"] += 1
+
+
+def _fast(model: EarlyExitModel, prompt_ids: list[int], output: _Output, policy: StopPolicy | None,
+          exit_layer: int | None, min_exit_layer: int) -> tuple[KVDecoder, dict[str, Any]]:
+    decoder = KVDecoder(model)
+    counts: dict[str, Any] = {"layer_passes": 0, "attention_only_passes": 0, "lens_rows": 0}
+    token = _prefill(decoder, prompt_ids, output, counts)
+    while token is not None:
+        step = decoder.early_pass(token, exit_layer=None if policy else exit_layer, policy=policy,
+                                  min_exit_layer=min_exit_layer, fill=True)
+        _count_early(counts, step)
+        token = None if output.emit(step.token_id, step.exit_layer) else step.token_id
+    return decoder, counts
+
+
+def _lossless(model: EarlyExitModel, prompt_ids: list[int], output: _Output, policy: StopPolicy | None,
+              draft_layer: int | None, min_exit_layer: int, draft_head: DraftHead | None,
+              initial_draft: int) -> tuple[KVDecoder, dict[str, Any]]:
+    """Draft-then-verify rounds.
+
+    A round feeds the committed token, then each draft but the last, through early passes: q
+    positions, q drafts. Verification gives the full model's token after each of those positions,
+    i.e. its verdict on every draft. A rejected draft is replaced by the full model's token; the
+    last draft of a fully accepted round becomes the next committed token, fed by the next round,
+    so no pass is spent on a bonus token. At a fixed draft layer the drafts' K/V below it is exact
+    and kept: verification runs only the layers above (`KVDecoder.finish_pass`). Drafts from a
+    policy exit at different layers, so the cache is cropped back and every layer is recomputed.
+    """
+    decoder = KVDecoder(model, record_past=True)
+    counts: dict[str, Any] = {"layer_passes": 0, "attention_only_passes": 0, "lens_rows": 0,
+                              "draft_head_rows": 0, "draft_lengths": [], "accepted_lengths": []}
+    num_layers = decoder.num_layers
+    token = _prefill(decoder, prompt_ids, output, counts)
+    draft_size = min(initial_draft, MAX_DRAFT)
+    while token is not None:
+        if draft_head is not None:
+            draft_head.add(token)
+        committed = decoder.length  # positions whose K/V is final; `token` goes at this one
+        fed, drafts, steps = [], [], []
+        for _ in range(min(draft_size, output.remaining)):
+            fed.append(drafts[-1] if drafts else token)
+            step = decoder.early_pass(fed[-1], exit_layer=None if policy else draft_layer, policy=policy,
+                                      min_exit_layer=min_exit_layer, fill=policy is not None,
+                                      draft_head=draft_head)
+            _count_early(counts, step, draft_head)
+            drafts.append(step.token_id)
+            steps.append(step)
+            if step.token_id in output.eos_ids:
+                break
+        if policy is None:
+            logits = decoder.finish_pass(fed, torch.cat([step.hidden for step in steps], dim=1), draft_layer)
+            counts["layer_passes"] += (num_layers - draft_layer) * len(fed)
+        else:
+            decoder.crop(committed)
+            logits = decoder.full_pass(fed)
+            counts["layer_passes"] += num_layers * len(fed)
+        counts["lens_rows"] += len(fed)
+        targets = logits.argmax(dim=-1).tolist()
+        accepted = 0
+        while accepted < len(drafts) and drafts[accepted] == targets[accepted]:
+            accepted += 1
+        counts["draft_lengths"].append(len(drafts))
+        counts["accepted_lengths"].append(accepted)
+        draft_size = min(draft_size + 2, MAX_DRAFT) if accepted == len(drafts) else max(1, draft_size - 1)
+        emitted = [(draft, step.exit_layer) for draft, step in zip(drafts[:accepted], steps)]
+        if accepted < len(drafts):
+            emitted.append((targets[accepted], num_layers))
+        token = emitted[-1][0]
+        for index, (chosen, depth) in enumerate(emitted):
+            if output.emit(chosen, depth):
+                token = None
+                break
+        # `token`'s position and those of the emitted tokens but the last keep their K/V.
+        decoder.crop(committed + index + 1)
+    return decoder, counts
