@@ -33,3 +33,23 @@ def test_report_counts_accuracy_savings_and_costs():
     assert report.mean_exit_layer == 1.5 and report.early_exits == 2 and report.correct_early_exits == 1
     assert report.oracle_layers_saved == pytest.approx(1 - 2 / 4)
     assert report.honest_flops_ratio > report.paper_flops_ratio
+
+
+def test_candidate_policies_learn_and_are_scored_by_the_best_candidate():
+    from adainfer.collect import Collection
+    from adainfer.evaluate import training_labels
+    from adainfer.policies import GapThresholdPolicy, SVMPolicy
+
+    top1 = np.array([[9, 9, 9], [9, 9, 9]])  # the full vocabulary's top-1 is never an answer word
+    cand_top1 = np.array([[4, 5, 5], [5, 5, 4]])
+    features = np.zeros((2, 3, 2), dtype=np.float32)
+    collection = Collection(features=features, labels=(top1 == 5).astype(np.int64), top1=top1, gold=np.array([5, 4]),
+                            seq_len=np.array([10, 10]), feature_names=("cand_gap", "gap"),
+                            model_identity={"num_layers": 3, "hidden_size": 8, "vocab_size": 100},
+                            candidate_ids=(4, 5), cand_top1=cand_top1)
+    cheap, full = GapThresholdPolicy(0.5, "cand_gap"), SVMPolicy(("gap",))
+    assert training_labels(cheap, collection).tolist() == [[0, 1, 1], [0, 0, 1]]
+    assert training_labels(full, collection).tolist() == [[0, 0, 0], [0, 0, 0]]
+    report = evaluate_policy(cheap, collection)  # never accepts: answers are the last layer's best candidate
+    assert report.accuracy == 1.0 and report.dense_accuracy == 1.0
+    assert report.honest_flops_ratio < 1.0  # two head rows per check, no full head at all

@@ -21,7 +21,7 @@ from rich.progress import Progress
 
 from adainfer.collect import collect as collect_rows
 from adainfer.collect import load_collection
-from adainfer.evaluate import evaluate_policy
+from adainfer.evaluate import evaluate_policy, training_labels
 from adainfer.features import PAPER_FEATURES, check_feature_names
 from adainfer.loading import DEFAULT_MODEL, EMBEDDED_MODELS, cache_root
 from adainfer.model import EarlyExitModel
@@ -178,7 +178,7 @@ def train(
     else:
         estimator = POLICIES[policy](features=names)
     X = collection.select(estimator.features)
-    estimator.fit(X, collection.labels)
+    estimator.fit(X, training_labels(estimator, collection))
     estimator.save(out, collection.model_identity)
     report = evaluate_policy(estimator, collection).to_dict()
     typer.echo(json.dumps({"policy": policy, "features": list(estimator.features), "saved_to": str(out),

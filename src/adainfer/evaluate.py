@@ -68,6 +68,16 @@ def reads_candidates_only(policy: StopPolicy) -> bool:
     return any(name.startswith("cand_") for name in policy.features) and set(policy.features) <= CANDIDATE_ONLY
 
 
+def training_labels(policy: StopPolicy, collection: Collection) -> np.ndarray:
+    """Labels (prompts, layers) for fitting `policy`: its answer rule's top-1 equals the gold token.
+
+    A policy on candidate features answers with the best candidate, so it learns from `cand_top1`.
+    """
+    if reads_candidates_only(policy) and collection.cand_top1 is not None:
+        return (collection.cand_top1 == collection.gold[:, None]).astype(np.int64)
+    return collection.labels
+
+
 def first_accepted_layer(policy: StopPolicy, collection: Collection) -> int:
     """The earliest layer (1-based) at which `policy` accepts any prompt of `collection`.
 

@@ -17,7 +17,7 @@ matplotlib.use("Agg")  # files only; never needs a display
 import matplotlib.pyplot as plt
 import numpy as np
 
-from adainfer.evaluate import exit_layers, oracle_exit_layers
+from adainfer.evaluate import exit_layers, oracle_exit_layers, training_labels
 from adainfer.harness import SettingData
 from adainfer.report import Method, layer_accuracy
 
@@ -65,7 +65,7 @@ def exit_histogram_figure(data: SettingData, methods: Sequence[Method], path: Pa
     for method in methods:
         policy = method.make()
         try:
-            policy.fit(data.train.select(policy.features), data.train.labels)
+            policy.fit(data.train.select(policy.features), training_labels(policy, data.train))
         except ValueError:
             continue  # untrainable here; the tables say why
         exits[method.name] = exit_layers(policy.predict(data.eval.select(policy.features)))

@@ -15,7 +15,7 @@ import numpy as np
 
 from adainfer.calibration import CalibratedPolicy, exits_at, learn_then_test
 from adainfer.collect import Collection
-from adainfer.evaluate import evaluate_policy, first_accepted_layer, oracle_exit_layers
+from adainfer.evaluate import evaluate_policy, first_accepted_layer, oracle_exit_layers, training_labels
 from adainfer.features import PAPER_FEATURES
 from adainfer.harness import SettingData
 from adainfer.policies import CRFPolicy, GapThresholdPolicy, SVMPolicy, StopPolicy
@@ -62,7 +62,7 @@ def score(policy: StopPolicy, train: Collection, evaluation: Collection) -> dict
     layer it ever accepted there), as the `scheduled_*` figures.
     """
     try:
-        policy.fit(train.select(policy.features), train.labels)
+        policy.fit(train.select(policy.features), training_labels(policy, train))
     except ValueError as error:
         return {"error": str(error).splitlines()[0]}
     report = _with_oracle_share(evaluate_policy(policy, evaluation).to_dict())
@@ -128,7 +128,7 @@ def transfer_rows(sources: Sequence[SettingData], targets: Sequence[SettingData]
     for source in sources:
         policy = method.make()
         try:
-            policy.fit(source.train.select(policy.features), source.train.labels)
+            policy.fit(source.train.select(policy.features), training_labels(policy, source.train))
         except ValueError as error:
             rows.append({f"train_{label}": source.setting.name, "error": str(error).splitlines()[0]})
             continue
