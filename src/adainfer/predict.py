@@ -73,19 +73,23 @@ def predict_batch(model: EarlyExitModel, prompts: Sequence[str], policy: StopPol
     check_layer_inputs(inputs, len(prompts))
     hidden = inputs.embeddings
     active = list(range(len(prompts)))  # original index of each row of the current batch
-    traces: list[list[np.ndarray]] = [[] for _ in prompts]
     top1_traces: list[list[int]] = [[] for _ in prompts]
     accepted = [False] * len(prompts)
     with FeatureReader(executor, policy.features, candidate_ids) as reader:
+        # Row i's trace so far is traces[i, :layers run]: a view, so the policy's growing trace
+        # costs no stacking, and rows already written are never written again.
+        traces = np.zeros((len(prompts), executor.num_layers, len(reader.feature_names)), dtype=np.float32)
         reader.reset(hidden)
         for layer in range(executor.num_layers):
             hidden = executor.run_layers(hidden, inputs, layer, layer + 1)
             readout = reader.read(layer, hidden)
+            # One copy to the host per layer, not one per row (each would be a device sync).
+            features, top1 = readout.features.cpu().numpy(), readout.top1.tolist()
             keep = []
             for position, row in enumerate(active):
-                traces[row].append(readout.features[position].numpy())
-                top1_traces[row].append(int(readout.top1[position]))
-                if layer + 1 < executor.num_layers and policy.should_exit(np.stack(traces[row])):
+                traces[row, layer] = features[position]
+                top1_traces[row].append(top1[position])
+                if layer + 1 < executor.num_layers and policy.should_exit(traces[row, : layer + 1]):
                     accepted[row] = True
                 else:
                     keep.append(position)
@@ -97,8 +101,8 @@ def predict_batch(model: EarlyExitModel, prompts: Sequence[str], policy: StopPol
                 reader.keep_rows(layer, index)
                 active = [active[position] for position in keep]
     return [
-        build_result(model, traces[row], top1_traces[row], accepted[row], batch.lengths[row], reader.feature_names,
-                     reader.check_units)
+        build_result(model, list(traces[row, : len(top1_traces[row])]), top1_traces[row], accepted[row],
+                     batch.lengths[row], reader.feature_names, reader.check_units)
         for row in range(len(prompts))
     ]
 
