@@ -69,7 +69,8 @@ class FeatureReader:
         wants_candidates = [name for name in self.feature_names if name in CANDIDATE_FEATURES]
         if wants_candidates and not candidate_ids:
             raise ValueError(f"features {wants_candidates} need the task's candidate answer tokens")
-        self.candidate_ids = (torch.tensor(list(dict.fromkeys(candidate_ids)), dtype=torch.long)
+        self.candidate_ids = (torch.tensor(list(dict.fromkeys(candidate_ids)), dtype=torch.long,
+                                           device=executor.head.weight.device)
                               if candidate_ids else None)
         needs_full = any(name in FULL_VOCAB_FEATURES for name in self.feature_names)
         if full_vocab is False and needs_full:
@@ -170,12 +171,12 @@ class FeatureReader:
             values["cand_top_prob"] = cand_top.values[:, 0]
             values["cand_agree_prev"] = self._agreement(cand_top1, self._previous_cand_top1)
         top1 = top1 if top1 is not None else cand_top1
-        values["depth"] = torch.full((last.shape[0],), (layer + 1) / self.executor.num_layers)
+        values["depth"] = torch.full((last.shape[0],), (layer + 1) / self.executor.num_layers, device=last.device)
         if "cos_hidden" in self.feature_names:
             values["cos_hidden"] = F.cosine_similarity(last, self._previous_hidden, dim=-1)
         for name, outputs in self._sublayer_outputs.items():
             if layer == 0 or outputs[layer - 1] is None:
-                values[name] = torch.zeros(last.shape[0])
+                values[name] = torch.zeros(last.shape[0], device=last.device)
             else:
                 values[name] = F.cosine_similarity(outputs[layer], outputs[layer - 1], dim=-1)
         self._previous_hidden = last
@@ -186,7 +187,7 @@ class FeatureReader:
     @staticmethod
     def _agreement(current: torch.Tensor, previous: torch.Tensor | None) -> torch.Tensor:
         if previous is None:
-            return torch.zeros(current.shape[0])
+            return torch.zeros(current.shape[0], device=current.device)
         return (current == previous).float()
 
     @property

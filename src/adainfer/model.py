@@ -104,7 +104,7 @@ class EarlyExitModel:
 
         The full-vocabulary lens always runs, so `top1` is the model's own top-1 at every layer.
         """
-        input_ids = self.encode(prompt)
+        input_ids = self.encode(prompt).to(self.executor.head.weight.device)
         inputs = self.executor.prepare(input_ids)
         hidden = inputs.embeddings
         lasts = []

@@ -69,7 +69,9 @@ def predict_batch(model: EarlyExitModel, prompts: Sequence[str], policy: StopPol
         return []
     batch = encode_batch(model, prompts)
     executor = model.executor
-    inputs = executor.prepare(batch.input_ids, batch.attention_mask, position_ids=batch.position_ids)
+    device = executor.head.weight.device  # a model on a GPU gets its inputs there
+    inputs = executor.prepare(batch.input_ids.to(device), batch.attention_mask.to(device),
+                              position_ids=batch.position_ids.to(device))
     check_layer_inputs(inputs, len(prompts))
     hidden = inputs.embeddings
     active = list(range(len(prompts)))  # original index of each row of the current batch
@@ -96,7 +98,7 @@ def predict_batch(model: EarlyExitModel, prompts: Sequence[str], policy: StopPol
             if not keep:
                 break
             if len(keep) < len(active):
-                index = torch.tensor(keep)
+                index = torch.tensor(keep, device=hidden.device)
                 hidden, inputs = keep_rows(hidden, inputs, layer + 1, index)
                 reader.keep_rows(layer, index)
                 active = [active[position] for position in keep]
