@@ -125,14 +125,17 @@ class CalibratedPolicy(SVMPolicy):
 
     def calibrate(self, X: Any, top1: np.ndarray, epsilon: float, delta: float) -> RiskCertificate:
         """Set `threshold_` from calibration traces X and their top-1 ids; returns the certificate."""
-        certificate = learn_then_test(super().decision_function(X), np.asarray(top1), epsilon, delta,
-                                      self.min_layer)
+        certificate = learn_then_test(self.margins(X), np.asarray(top1), epsilon, delta, self.min_layer)
         self.threshold_ = certificate.threshold
         self.certificate_ = certificate
         return certificate
 
+    def margins(self, X: Any) -> np.ndarray:
+        """The scorer's SVM margin per (prompt, layer), before any threshold: what calibration ranks."""
+        return super().decision_function(X)
+
     def decision_function(self, X: Any) -> np.ndarray:
-        margin = super().decision_function(X) - self.threshold_
+        margin = self.margins(X) - self.threshold_
         margin[:, : self.min_layer - 1] = -np.inf
         return margin
 

@@ -13,6 +13,7 @@ import numpy as np
 
 from adainfer.collect import Collection
 from adainfer.cost import CostModel
+from adainfer.features import needs_full_vocab
 from adainfer.policies import StopPolicy
 
 
@@ -60,12 +61,9 @@ def cost_model_of(collection: Collection) -> CostModel:
     return CostModel(int(identity["num_layers"]), int(identity["hidden_size"]), int(identity["vocab_size"]))
 
 
-CANDIDATE_ONLY = frozenset({"cand_gap", "cand_top_prob", "cand_agree_prev", "depth"})
-
-
-def reads_candidates_only(policy: StopPolicy) -> bool:
-    """True when every feature the policy reads comes from the candidate lens (or is free)."""
-    return any(name.startswith("cand_") for name in policy.features) and set(policy.features) <= CANDIDATE_ONLY
+def reads_candidates_only(policy: StopPolicy, collection: Collection) -> bool:
+    """True when `policy`, run with the collection's candidates, never reads the full-vocabulary lens."""
+    return collection.cand_top1 is not None and not needs_full_vocab(policy.features, True)
 
 
 def training_labels(policy: StopPolicy, collection: Collection) -> np.ndarray:
@@ -73,7 +71,7 @@ def training_labels(policy: StopPolicy, collection: Collection) -> np.ndarray:
 
     A policy on candidate features answers with the best candidate, so it learns from `cand_top1`.
     """
-    if reads_candidates_only(policy) and collection.cand_top1 is not None:
+    if reads_candidates_only(policy, collection):
         return (collection.cand_top1 == collection.gold[:, None]).astype(np.int64)
     return collection.labels
 
@@ -88,17 +86,23 @@ def first_accepted_layer(policy: StopPolicy, collection: Collection) -> int:
 
 
 def evaluate_policy(policy: StopPolicy, collection: Collection, first_check: int = 1) -> PolicyReport:
-    """Replay `policy` over `collection` (it must not be the data the policy was fitted on).
+    """Replay `policy` over `collection` (it must not be the data the policy was fitted on)."""
+    decisions = policy.predict(collection.select(policy.features))
+    return evaluate_decisions(decisions, collection, reads_candidates_only(policy, collection), first_check)
+
+
+def evaluate_decisions(decisions: np.ndarray, collection: Collection, candidates_only: bool,
+                       first_check: int = 1) -> PolicyReport:
+    """Score a policy's online decisions (prompts, layers) on `collection`.
 
     Layers before `first_check` are not checked (a check schedule): the policy is not asked
-    there and no lens is paid. A policy on candidate features only pays |C| units per check and
-    answers with the best candidate.
+    there and no lens is paid. With `candidates_only` each check pays |C| units and the answer
+    is the best candidate.
     """
-    decisions = policy.predict(collection.select(policy.features))
+    decisions = decisions.copy()
     decisions[:, : first_check - 1] = 0
     exits = exit_layers(decisions)
     rows = np.arange(len(exits))
-    candidates_only = reads_candidates_only(policy) and collection.cand_top1 is not None
     chosen = collection.cand_top1 if candidates_only else collection.top1
     answers = chosen[rows, exits - 1]
     dense = chosen[:, -1]  # the full model under the same answer rule (vocabulary or candidates)

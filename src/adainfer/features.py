@@ -32,6 +32,14 @@ KNOWN_FEATURES: tuple[str, ...] = ("gap", "top_prob", "depth", "cos_attn", "cos_
                                    "agree_prev", *CANDIDATE_FEATURES)
 
 
+def needs_full_vocab(feature_names: Sequence[str], has_candidates: bool) -> bool:
+    """Whether reading these features takes the V*h lens; if not, checks and answers use the candidates.
+
+    The one rule for live prediction (`FeatureReader`) and replay (`evaluate.evaluate_policy`).
+    """
+    return not has_candidates or any(name in FULL_VOCAB_FEATURES for name in feature_names)
+
+
 def check_feature_names(names: Sequence[str]) -> tuple[str, ...]:
     """Validate requested feature names; returns them as a tuple."""
     unknown = [name for name in names if name not in KNOWN_FEATURES]
@@ -75,7 +83,8 @@ class FeatureReader:
         needs_full = any(name in FULL_VOCAB_FEATURES for name in self.feature_names)
         if full_vocab is False and needs_full:
             raise ValueError(f"features {FULL_VOCAB_FEATURES} need the full-vocabulary lens")
-        self.full_vocab = (needs_full or self.candidate_ids is None) if full_vocab is None else full_vocab
+        default = needs_full_vocab(self.feature_names, self.candidate_ids is not None)
+        self.full_vocab = default if full_vocab is None else full_vocab
         if not self.full_vocab and self.candidate_ids is None:
             raise ValueError("without the full-vocabulary lens the reader needs candidate tokens")
         self._previous_top1: torch.Tensor | None = None

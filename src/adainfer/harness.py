@@ -18,13 +18,13 @@ from pathlib import Path
 import numpy as np
 
 from adainfer.collect import Collection, collect, load_collection
+from adainfer.features import CANDIDATE_FEATURES
 from adainfer.model import EarlyExitModel
 from adainfer.tasks import (TASKS, Example, LabelledPrompt, build_prompts, load_examples, load_jsonl_task,
                             read_prompts_jsonl, split_examples, write_prompts_jsonl)
 
 # Everything the tables read: the paper's features, its factor study's cosines, and ours.
 BASE_FEATURES: tuple[str, ...] = ("gap", "top_prob", "depth", "cos_attn", "cos_mlp", "cos_hidden", "agree_prev")
-CANDIDATE_FEATURE_SET: tuple[str, ...] = ("cand_gap", "cand_top_prob", "cand_agree_prev")
 PAPER_SHOTS: tuple[int, ...] = (5, 10, 15, 20)
 CLASSIFIER_SPLIT_SEED = 20240304  # fixed: which eval rows may train classifiers never changes
 
@@ -123,15 +123,16 @@ def _prompts_for(task: TaskData, split: str, setting: Setting, limit: int) -> li
     return build_prompts(queries, task.train, setting.shots, limit, seed)
 
 
-def _check_prompt_cache(path: Path, prompts: list[LabelledPrompt]) -> None:
-    """The cached prompts must be a prefix of, or extend, the ones asked for now."""
+def _cached_prompt_count(path: Path, prompts: list[LabelledPrompt]) -> int:
+    """How many prompts `path` caches; they must be a prefix of, or extend, the ones asked for now."""
     if not path.exists():
-        return
+        return 0
     cached = read_prompts_jsonl(path)
     shared = min(len(cached), len(prompts))
     if cached[:shared] != prompts[:shared]:
         raise HarnessError(f"{path} holds other prompts than this setting builds now (data or code "
                            f"changed); move it away to recollect")
+    return len(cached)
 
 
 def collect_setting(
@@ -150,7 +151,7 @@ def collect_setting(
     """
     task = load_task(setting.task, data_dir)
     candidates = model.candidate_tokens(task.choices) if task.choices else None
-    features = BASE_FEATURES + (CANDIDATE_FEATURE_SET if candidates else ())
+    features = BASE_FEATURES + (CANDIDATE_FEATURES if candidates else ())
     folder = Path(cache_dir) / model_slug(model) / setting.name
     loaded = {}
     for split, limit in (("train", train_limit), ("eval", eval_limit)):
@@ -159,8 +160,7 @@ def collect_setting(
         except ValueError as error:
             raise HarnessError(f"{setting.name}: {error}") from error
         prompt_file = folder / f"{split}.prompts.jsonl"
-        _check_prompt_cache(prompt_file, prompts)
-        if not prompt_file.exists() or len(read_prompts_jsonl(prompt_file)) < len(prompts):
+        if _cached_prompt_count(prompt_file, prompts) < len(prompts):
             write_prompts_jsonl(prompts, prompt_file)
         rows = folder / f"{split}.jsonl"
         done = 0

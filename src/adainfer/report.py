@@ -15,7 +15,8 @@ import numpy as np
 
 from adainfer.calibration import CalibratedPolicy, exits_at, learn_then_test
 from adainfer.collect import Collection
-from adainfer.evaluate import evaluate_policy, first_accepted_layer, oracle_exit_layers, training_labels
+from adainfer.evaluate import (evaluate_decisions, evaluate_policy, first_accepted_layer, oracle_exit_layers,
+                               reads_candidates_only, training_labels)
 from adainfer.features import PAPER_FEATURES
 from adainfer.harness import SettingData
 from adainfer.policies import CRFPolicy, GapThresholdPolicy, SVMPolicy, StopPolicy
@@ -65,9 +66,11 @@ def score(policy: StopPolicy, train: Collection, evaluation: Collection) -> dict
         policy.fit(train.select(policy.features), training_labels(policy, train))
     except ValueError as error:
         return {"error": str(error).splitlines()[0]}
-    report = _with_oracle_share(evaluate_policy(policy, evaluation).to_dict())
+    decisions = policy.predict(evaluation.select(policy.features))
+    candidates_only = reads_candidates_only(policy, evaluation)
+    report = _with_oracle_share(evaluate_decisions(decisions, evaluation, candidates_only).to_dict())
     first_check = first_accepted_layer(policy, train)
-    scheduled = evaluate_policy(policy, evaluation, first_check).to_dict()
+    scheduled = evaluate_decisions(decisions, evaluation, candidates_only, first_check).to_dict()
     report.update({"first_check": first_check, "scheduled_accuracy_change": scheduled["accuracy_change"],
                    "scheduled_layers_saved": scheduled["layers_saved"],
                    "scheduled_honest_flops_ratio": scheduled["honest_flops_ratio"]})
@@ -155,8 +158,7 @@ def calibration_rows(data: SettingData, epsilon: float, delta: float, splits: in
     is at least 1 - delta.
     """
     policy = CalibratedPolicy(tuple(features)).fit(data.train.select(features), data.train.top1)
-    scores = policy.pipeline_.decision_function(
-        data.eval.select(features).reshape(-1, len(features))).reshape(data.eval.top1.shape)
+    scores = policy.margins(data.eval.select(features))
     rng = np.random.default_rng(seed)
     risks, saved, certified, accuracy_changes = [], [], [], []
     layers = data.eval.top1.shape[1]

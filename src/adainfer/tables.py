@@ -97,8 +97,9 @@ def write_report(settings: Sequence["SettingData"], out_dir: Path, command: str)
     by_task: dict[str, list] = {}
     for data in settings:
         by_task.setdefault(data.setting.name.split("/")[0], []).append(data)
-    first_few_shot = [min((d for d in items if d.setting.shots > 0), key=lambda d: d.setting.shots)
-                      for items in by_task.values() if any(d.setting.shots > 0 for d in items)]
+    # One setting per task stands for it in Table 4 and the figures: its fewest-shot few-shot one.
+    shown = [min(items, key=lambda d: (d.setting.shots == 0, d.setting.shots)) for items in by_task.values()]
+    first_few_shot = [data for data in shown if data.setting.shots > 0]
     if len(first_few_shot) > 1:
         transfer = pd.DataFrame(report.transfer_rows(first_few_shot, first_few_shot))
         written += write_table(transfer, out_dir / "inter_task", "Inter-task generalization (paper Table 4): "
@@ -124,9 +125,6 @@ def write_report(settings: Sequence["SettingData"], out_dir: Path, command: str)
     written += write_table(factors, out_dir / "factor_study", "Factor study (paper Table 7): SVM features",
                            command)
     figure_dir = out_dir / "figures"
-    shown = [items[0] if not first_few_shot else
-             next((d for d in first_few_shot if d.setting.name.startswith(name + "/")), items[0])
-             for name, items in by_task.items()]
     written.append(figures.layer_accuracy_figure(shown, figure_dir / "layer_accuracy.png"))
     for data in shown:
         task = data.setting.name.split("/")[0]
