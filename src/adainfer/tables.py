@@ -134,3 +134,19 @@ def write_report(settings: Sequence["SettingData"], out_dir: Path, command: str)
     (out_dir / "rows.json").write_text(json.dumps({"command": command, "rows": rows}, indent=1) + "\n")
     written.append(out_dir / "rows.json")
     return written
+
+
+def write_model_transfer(rows: Sequence[dict], out_dir: Path, command: str) -> list[Path]:
+    """Paper Table 6 from `report.model_transfer_rows`: averaged over tasks, then per task."""
+    notes = ("A policy fitted on the train traces of `train_model`, replayed on the eval traces of "
+             "`eval_model` for the same prompts; the diagonal (`train_model == eval_model`) is the "
+             "intra-model result. `depth` is the layer as a fraction of the model's depth. "
+             "`accuracy_change` and `saved_of_oracle` are against the evaluated model's own dense run "
+             "and oracle.\n\n")
+    out_dir = Path(out_dir)
+    overall = summarise(rows, by=("method", "train_model", "eval_model"))
+    per_task = summarise(rows, by=("task", "method", "train_model", "eval_model"))
+    return (write_table(overall, out_dir / "inter_model", "Inter-model generalization (paper Table 6), "
+                        "averaged over tasks", command, notes)
+            + write_table(per_task, out_dir / "inter_model_tasks", "Inter-model generalization (paper "
+                          "Table 6), per task", command, notes))
