@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 from scipy.stats import binom
 
-from adainfer.evaluate import exit_layers, oracle_exit_layers
+from adainfer.evaluate import exit_layers, oracle_exit_layers, stable_labels
 from adainfer.policies import SVMPolicy, register_policy_kind
 
 
@@ -46,15 +46,6 @@ class RiskCertificate:
         values = asdict(self)
         values["threshold"] = None if np.isinf(self.threshold) else self.threshold
         return values
-
-
-def stable_labels(top1: np.ndarray) -> np.ndarray:
-    """1 from the layer on which the top-1 token stays the final one (the oracle's exit) onwards.
-
-    (prompts, layers) -> (prompts, layers). Needs no gold answer: the target is the model's own.
-    """
-    layers = np.arange(1, top1.shape[1] + 1)
-    return (layers[None, :] >= oracle_exit_layers(top1)[:, None]).astype(np.int64)
 
 
 def binomial_p_value(changed: int, n: int, epsilon: float) -> float:

