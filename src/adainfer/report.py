@@ -151,7 +151,7 @@ def transfer_rows(sources: Sequence[SettingData], targets: Sequence[SettingData]
 
 # Table 6 replays policies across models, so only features with the same meaning at any depth:
 # the paper's two, and ours with depth as a fraction of the model's layers.
-MODEL_TRANSFER_METHODS: tuple[Method, ...] = (PAPER_METHODS[0], OUR_METHODS[1])
+MODEL_TRANSFER_METHODS: tuple[Method, ...] = (PAPER_METHODS[0], *OUR_METHODS[1:])
 
 
 def model_transfer_rows(models: Mapping[str, Sequence[SettingData]],
@@ -166,7 +166,10 @@ def model_transfer_rows(models: Mapping[str, Sequence[SettingData]],
     shared = sorted(set.intersection(*(set(settings) for settings in by_model.values()))) if by_model else []
     rows = []
     for setting_name in shared:
+        settings = [model_settings[setting_name] for model_settings in by_model.values()]
         for method in methods:
+            if method.needs_candidates and not all(data.eval.candidate_ids for data in settings):
+                continue
             for source_model, source_settings in by_model.items():
                 policy = method.make()
                 error = _fit(policy, source_settings[setting_name].train)
