@@ -52,6 +52,15 @@ def test_eval_rejects_bad_arguments_before_loading_anything(args, keywords):
     assert_clean_error(invoke("eval", *args, "--model", "/nonexistent/model"), *keywords)
 
 
+def test_report_can_keep_only_some_numbers_of_demonstrations(evaluated):
+    work, _ = evaluated
+    [model_folder] = [path for path in (work / "runs").iterdir() if path.name.startswith("Llama")]
+    ok("report", model_folder, "--out", work / "zero", "--shots", "0")
+    rows = json.loads((work / "zero" / "rows.json").read_text())["rows"]
+    assert {row["shots"] for row in rows} == {0}
+    assert_clean_error(invoke("report", model_folder, "--out", work / "none", "--shots", "7"), "no collected settings")
+
+
 def test_report_on_an_empty_folder_fails_clearly(tmp_path):
     assert_clean_error(invoke("report", tmp_path, "--out", tmp_path / "out"), "no collected settings")
 

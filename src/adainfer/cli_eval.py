@@ -99,19 +99,24 @@ def report(
     runs: Annotated[Path, typer.Argument(help="A model's folder of collected settings, e.g. runs/cache/<model>.")],
     out: Annotated[Path, typer.Option(help="Where tables and figures go.")],
     tasks: Annotated[str | None, typer.Option(help="Only these tasks (comma-separated). Default: all collected.")] = None,
+    shots: Annotated[str | None, typer.Option(help="Only these numbers of demonstrations (comma-separated). Default: all collected.")] = None,
 ) -> None:
     """Rebuild tables and figures from collected traces, without loading the model."""
-    folders = _setting_folders(runs, tasks)
+    folders = _setting_folders(runs, tasks, shots)
     written = write_report([load_setting(folder) for folder in folders], out, _command_line(context))
     err.print(f"{len(folders)} settings; wrote {len(written)} files under {out}")
 
 
-def _setting_folders(runs: Path, tasks: str | None) -> list[Path]:
-    """The collected settings under a model's cache folder, optionally only some tasks."""
+def _setting_folders(runs: Path, tasks: str | None, shots: str | None = None) -> list[Path]:
+    """The collected settings under a model's cache folder, optionally only some tasks and shots."""
     folders = sorted(path.parent for path in Path(runs).glob("*/*/setting.json"))
     if tasks:
         wanted = {name.strip() for name in tasks.split(",")}
         folders = [folder for folder in folders if folder.parent.name in wanted]
+    if shots:
+        wanted_shots = set(_ints(shots))
+        folders = [folder for folder in folders
+                   if json.loads((folder / "setting.json").read_text())["shots"] in wanted_shots]
     if not folders:
         raise HarnessError(f"no collected settings under {runs} (expected <task>/<setting>/setting.json)")
     return folders
