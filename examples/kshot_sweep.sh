@@ -7,5 +7,4 @@ set -euo pipefail
 tasks=${TASKS:-sst2,fv_abstractive}
 export OMP_NUM_THREADS=1 MKL_NUM_THREADS=1
 adainfer eval --tasks "$tasks" --shots 10,15,20 --limit 100 --train-limit 50 --out runs/report-gemma-k
-adainfer report "$(ls -d runs/cache/Gemma3ForCausalLM-* | head -1)" --tasks "$tasks" --shots 5,10,15,20 \
-  --out results/gemma3-270m-kshot
+adainfer report "$(ls -d runs/cache/Gemma3ForCausalLM-* | head -1)" --out results/gemma3-270m-kshot --tasks "$tasks" --shots 5,10,15,20

@@ -12,4 +12,4 @@ adainfer eval --tasks "$tasks" --shots 0 --limit "$limit" --train-limit "$train_
 adainfer eval --tasks "$tasks" --shots 5 --limit "$limit" --train-limit "$train_limit" --out runs/report-5shot
 wait
 model_dir=$(ls -d runs/cache/Gemma3ForCausalLM-* | head -1)
-adainfer report "$model_dir" --shots 0,5 --out results/gemma3-270m
+adainfer report "$model_dir" --out results/gemma3-270m --shots 0,5

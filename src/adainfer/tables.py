@@ -110,8 +110,9 @@ def write_report(settings: Sequence["SettingData"], out_dir: Path, command: str)
                            "`saved_of_oracle`: layers saved / layers the oracle saves. `first_check`: the first "
                            "layer the policy ever accepted on training traces; the `scheduled_*` figures never "
                            "check before it. `svm-cand+depth` reads only the candidate answers' logits (|C| "
-                           "head rows per check) and answers with the best candidate; its accuracy change is "
-                           "against the full model under the same rule.\n\n")
+                           "head rows per check), answers with the best candidate and learns when that candidate "
+                           "stops changing (not whether it is gold); its accuracy change and `saved_of_oracle` "
+                           "are against the full model and the oracle under the same rule.\n\n")
     written += write_table(best_within(tasks), out_dir / "best_within_1pt", "Best policy per task at <= 1 "
                            "point accuracy loss", command)
     calibration = pd.DataFrame([report.calibration_rows(data, epsilon, delta)
