@@ -52,6 +52,14 @@ def test_eval_rejects_bad_arguments_before_loading_anything(args, keywords):
     assert_clean_error(invoke("eval", *args, "--model", "/nonexistent/model"), *keywords)
 
 
+def test_eval_rejects_a_grid_with_too_few_demonstrations_before_loading_the_model(task_file, tmp_path):
+    # 40 rows cannot give 60 demonstrations; the 2-shot setting alone would have been fine.
+    result = invoke("eval", "--tasks", task_file, "--shots", "2,60", "--limit", 2, "--train-limit", 2,
+                    "--runs", tmp_path / "runs", "--model", "/nonexistent/model")
+    assert_clean_error(result, "parity/60shot-seed0", "cannot be built")
+    assert not (tmp_path / "runs").exists()
+
+
 def test_report_can_keep_only_some_numbers_of_demonstrations(evaluated):
     work, _ = evaluated
     [model_folder] = [path for path in (work / "runs").iterdir() if path.name.startswith("Llama")]

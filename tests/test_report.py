@@ -94,6 +94,19 @@ def test_report_writes_every_table_and_figure_with_its_command(tmp_path):
     table = pd.read_csv(tmp_path / "tasks.csv")
     assert set(table["regime"]) == {"zero-shot", "few-shot"}
     assert json.loads((tmp_path / "rows.json").read_text())["command"] == "adainfer eval --tasks a,b"
+    assert not (tmp_path / "tasks_by_shots.csv").exists()  # one k only: nothing to break down
+
+
+def test_report_breaks_few_shot_rows_down_by_k_when_several_were_run(tmp_path):
+    settings = [setting("a", 0), setting("a", 5), setting("a", 10, seed=4)]
+    write_report(settings, tmp_path, "adainfer report runs --shots 0,5,10")
+    per_k = pd.read_csv(tmp_path / "tasks_by_shots.csv")
+    dense = per_k[per_k["method"] == "dense"]
+    assert list(dense["shots"]) == [5, 10]
+    averaged = pd.read_csv(tmp_path / "tasks.csv")
+    few_shot_svm = averaged[(averaged["regime"] == "few-shot") & (averaged["method"] == "svm")]
+    assert few_shot_svm["layers_saved"].item() == pytest.approx(
+        per_k[per_k["method"] == "svm"]["layers_saved"].mean())
 
 
 def test_a_check_schedule_skips_layers_the_policy_never_accepted_in_training():

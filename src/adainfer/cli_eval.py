@@ -18,7 +18,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from adainfer.calibration import CalibratedPolicy
 from adainfer.cli import CacheOption, ModelOption, _clean_errors, _features, _load, app, err
 from adainfer.collect import load_collection
-from adainfer.harness import HarnessError, collect_setting, load_setting, model_slug, settings_grid
+from adainfer.harness import HarnessError, check_settings, collect_setting, load_setting, model_slug, settings_grid
 from adainfer.report import model_transfer_rows
 from adainfer.tables import write_model_transfer, write_report
 from adainfer.tasks import TASKS
@@ -75,6 +75,7 @@ def eval_command(
         if name.endswith(".jsonl") and not Path(name).is_file():
             raise ValueError(f"task file {name} does not exist")
     grid = settings_grid(task_names, _ints(shots), seed)
+    check_settings(grid, train_limit, limit, data_dir)
     started = time.perf_counter()
     loaded = _load(model, cache_dir)
     collected = []

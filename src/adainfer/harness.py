@@ -190,5 +190,23 @@ def load_setting(folder: Path) -> SettingData:
                        load_collection(Path(folder) / "eval.jsonl"))
 
 
+def check_settings(settings: Sequence[Setting], train_limit: int, eval_limit: int,
+                   data_dir: Path | None = None) -> None:
+    """Build every setting's prompts before any is collected, so a grid that cannot be built
+    (too few demonstrations for some k) fails in seconds, not after an hour of collection."""
+    problems = []
+    for setting in settings:
+        task = load_task(setting.task, data_dir)
+        for split, limit in (("train", train_limit), ("eval", eval_limit)):
+            try:
+                _prompts_for(task, split, setting, limit)
+            except ValueError as error:
+                problems.append(f"{setting.name}: {error}")
+                break
+    if problems:
+        raise HarnessError("these settings cannot be built, drop them from --tasks/--shots: "
+                           + "; ".join(problems))
+
+
 def settings_grid(tasks: Sequence[str], shots: Sequence[int], seed: int = 0) -> list[Setting]:
     return [Setting(task, k, seed) for task in tasks for k in shots]

@@ -38,6 +38,22 @@ def best_within(summary: pd.DataFrame, max_loss: float = 0.01) -> pd.DataFrame:
     return best[[c for c in BEYOND_COLUMNS if c in best]].sort_values(["regime", "task"])
 
 
+# Per number of demonstrations: how much of the averaged few-shot row each k contributes.
+BY_SHOTS_COLUMNS: tuple[str, ...] = (
+    "dense_accuracy", "accuracy_change", "layers_saved", "saved_of_oracle", "honest_flops_ratio",
+    "scheduled_honest_flops_ratio",
+)
+
+
+def by_shots(rows: Sequence[dict]) -> pd.DataFrame:
+    """Few-shot figures per task, method and k, unaveraged, so a trend over k stays visible."""
+    frame = pd.DataFrame(rows)
+    frame = frame[frame["shots"] > 0]
+    columns = [column for column in BY_SHOTS_COLUMNS if column in frame]
+    table = frame.groupby(["task", "method", "shots"], sort=False)[columns].mean(numeric_only=True)
+    return table.reset_index().sort_values(["task", "method", "shots"], kind="stable")
+
+
 def regime(shots: int) -> str:
     return "zero-shot" if shots == 0 else "few-shot"
 
@@ -92,6 +108,9 @@ def write_report(settings: Sequence["SettingData"], out_dir: Path, command: str)
     written += write_table(tasks, out_dir / "tasks", "AdaInfer per task (paper Tables 2 and 3)", command,
                            "Few-shot rows average the listed numbers of demonstrations. `honest_flops_ratio` "
                            "charges the LM head (V units) after every checked layer.\n\n")
+    if len({row["shots"] for row in rows if row["shots"] > 0}) > 1:
+        written += write_table(by_shots(rows), out_dir / "tasks_by_shots", "AdaInfer per task and number of "
+                               "demonstrations k (the few-shot rows of `tasks.md` average these)", command)
     groups = tasks.merge(pd.DataFrame(rows)[["task", "group"]].drop_duplicates(), on="task")
     written += write_table(group_average(groups), out_dir / "groups", "AdaInfer per task group", command)
     by_task: dict[str, list] = {}
