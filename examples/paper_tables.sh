@@ -9,7 +9,8 @@ limit=${LIMIT:-200}          # evaluation prompts per task and setting
 train_limit=${TRAIN_LIMIT:-100}  # classifier-training prompts per task and setting
 export OMP_NUM_THREADS=1 MKL_NUM_THREADS=1
 adainfer eval --tasks "$tasks" --shots 0 --limit "$limit" --train-limit "$train_limit" --out runs/report-0shot &
+zero_shot=$!
 adainfer eval --tasks "$tasks" --shots 5 --limit "$limit" --train-limit "$train_limit" --out runs/report-5shot
-wait
+wait "$zero_shot"  # its exit status, so a failed collection stops the script
 model_dir=$(ls -d runs/cache/Gemma3ForCausalLM-* | head -1)
 adainfer report "$model_dir" --out results/gemma3-270m --shots 0,5

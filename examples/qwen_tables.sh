@@ -9,8 +9,9 @@ export OMP_NUM_THREADS=1 MKL_NUM_THREADS=1
 model=qwen2.5-coder-1.5b
 { adainfer eval --model $model --tasks squad --shots 5 --limit 50 --train-limit 20 --out runs/report-qwen-a &&
   adainfer eval --model $model --tasks ag_news --shots 5 --limit 100 --train-limit 40 --out runs/report-qwen-a2; } &
+long_prompts=$!
 adainfer eval --model $model --tasks sst2,fv_abstractive,fv_extractive,relations,commonsense_qa \
   --shots 5 --limit 100 --train-limit 40 --out runs/report-qwen-b
 adainfer eval --model $model --tasks mmlu --shots 5 --limit 50 --train-limit 20 --out runs/report-qwen-b2
-wait
+wait "$long_prompts"  # its exit status, so a failed collection stops the script
 adainfer report "$(ls -d runs/cache/Qwen2ForCausalLM-* | head -1)" --out results/qwen2.5-coder-1.5b
