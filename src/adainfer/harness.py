@@ -195,8 +195,11 @@ def check_settings(settings: Sequence[Setting], train_limit: int, eval_limit: in
     """Build every setting's prompts before any is collected, so a grid that cannot be built
     (too few demonstrations for some k) fails in seconds, not after an hour of collection."""
     problems = []
+    tasks: dict[str, TaskData] = {}
     for setting in settings:
-        task = load_task(setting.task, data_dir)
+        if setting.task not in tasks:
+            tasks[setting.task] = load_task(setting.task, data_dir)
+        task = tasks[setting.task]
         for split, limit in (("train", train_limit), ("eval", eval_limit)):
             try:
                 _prompts_for(task, split, setting, limit)
