@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # The paper's few-shot protocol, k in {5, 10, 15, 20} averaged, on the embedded Gemma 3 270M, for
 # every task whose prompts stay short enough for this CPU: 100 evaluation and 50 classifier-training
-# prompts per k (k = 5 comes from examples/paper_tables.sh, with 200 and 100). Left out: SQuAD (a
-# 20-shot prompt is ~3,600 tokens), MMLU (5 dev rows a subject cap it at k = 5) and relations at
+# prompts per k (k = 5 comes from examples/paper_tables.sh, with 200 and 100). Left out: SQuAD (every
+# demonstration carries its context paragraph), MMLU (5 dev rows a subject cap it at k = 5) and relations at
 # k = 15, 20 (some relations have 9-12 training pairs; `adainfer eval` refuses such a grid up front).
 # Run from the repository root after paper_tables.sh; traces are cached and an interrupted run
 # resumes. The two collections run side by side, one thread each.

@@ -38,7 +38,7 @@ def best_within(summary: pd.DataFrame, max_loss: float = 0.01) -> pd.DataFrame:
     return best[[c for c in BEYOND_COLUMNS if c in best]].sort_values(["regime", "task"])
 
 
-# Per number of demonstrations: how much of the averaged few-shot row each k contributes.
+# What `tasks_by_shots` shows per k; the few-shot rows of `tasks` are their mean over k.
 BY_SHOTS_COLUMNS: tuple[str, ...] = (
     "dense_accuracy", "accuracy_change", "layers_saved", "saved_of_oracle", "honest_flops_ratio",
     "scheduled_honest_flops_ratio",
