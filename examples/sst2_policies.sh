@@ -6,8 +6,9 @@ set -euo pipefail
 work=${1:-runs}
 features=gap,top_prob,depth,cos_hidden,cos_attn,cos_mlp
 mkdir -p "$work" results
+# One seed for both splits: the prompts of `adainfer eval`'s sst2 5-shot setting with that seed.
 adainfer prompts sst2 --split train --shots 5 --limit 400 --seed 0 -o "$work/sst2_train.jsonl"
-adainfer prompts sst2 --split eval --shots 5 --limit 200 --seed 1 -o "$work/sst2_eval.jsonl"
+adainfer prompts sst2 --split eval --shots 5 --limit 200 --seed 0 -o "$work/sst2_eval.jsonl"
 adainfer collect "$work/sst2_train.jsonl" -o "$work/sst2_rows.jsonl" --features "$features"
 adainfer collect "$work/sst2_eval.jsonl" -o "$work/sst2_eval_rows.jsonl" --features "$features"
 for policy in svm crf; do

@@ -50,7 +50,7 @@ class PerPromptPolicy:
 def _assert_same(batched, alone):
     assert batched.answer_token_id == alone.answer_token_id
     assert batched.answer_text == alone.answer_text
-    assert batched.exit_layer == alone.exit_layer and batched.layers_checked == alone.layers_checked
+    assert batched.exit_layer == alone.exit_layer and batched.lens_reads == alone.lens_reads
     assert batched.accepted == alone.accepted and batched.num_layers == alone.num_layers
     assert batched.seq_len == alone.seq_len
     assert batched.feature_names == alone.feature_names

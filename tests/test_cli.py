@@ -12,6 +12,7 @@ from typer.testing import CliRunner
 
 from adainfer.cli import app
 from adainfer.collect import load_collection
+from adainfer.harness import Setting, collect_setting, load_task, model_slug
 from adainfer.model import EarlyExitModel
 from adainfer.policies import CRFPolicy, SVMPolicy
 from adainfer.tasks import read_prompts_jsonl
@@ -64,7 +65,8 @@ def work(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def task_file(work) -> Path:
-    return write_jsonl(work / "task.jsonl", ({"input": f"w{i}", "output": ["yes", "no"][i % 2]} for i in range(30)))
+    """40 rows: `adainfer prompts` splits them as `adainfer eval` does, 20 train and 20 eval."""
+    return write_jsonl(work / "task.jsonl", ({"input": f"w{i}", "output": ["yes", "no"][i % 2]} for i in range(40)))
 
 
 @pytest.fixture(scope="module")
@@ -130,13 +132,24 @@ def test_info_prints_the_models_json(tiny_llama_dir, work):
 def test_prompts_from_a_user_task(prompts_file, task_file):
     items = read_prompts_jsonl(prompts_file)
     assert len(items) == 20
-    inputs = {json.loads(line)["input"] for line in task_file.read_text().splitlines()}
+    train_inputs = {example.input for example in load_task(str(task_file)).train}
     for item in items:
         assert item.prompt.count("Q: ") == 3 and item.prompt.endswith("\nA:")
         query = item.prompt.rsplit("Q: ", 1)[1].removesuffix("\nA:")
-        assert query in inputs
+        assert query in train_inputs  # --split train asks the train half only
         assert f"Q: {query}\nA: " not in item.prompt  # never its own demonstration
         assert item.answer in ("yes", "no")
+
+
+def test_prompts_seed_is_the_eval_settings_seed(work, task_file, tiny_llama_dir):
+    """`adainfer prompts --seed S` writes exactly the prompts `adainfer eval` collects for seed S."""
+    model = EarlyExitModel.from_pretrained(str(tiny_llama_dir))
+    collect_setting(model, Setting(str(task_file), shots=2, seed=3), work / "runs", 4, 3)
+    folder = work / "runs" / model_slug(model) / "task" / "2shot-seed3"
+    for split, limit in (("train", 4), ("eval", 3)):
+        out = work / f"seed3-{split}.jsonl"
+        ok("prompts", task_file, "--out", out, "--split", split, "--shots", 2, "--limit", limit, "--seed", 3)
+        assert read_prompts_jsonl(out) == read_prompts_jsonl(folder / f"{split}.prompts.jsonl")
 
 
 def test_collect_writes_every_prompt(llama_rows, tiny_llama_dir):
@@ -155,12 +168,11 @@ def test_collect_rerun_resumes_and_adds_nothing(llama_rows, prompts_file, tiny_l
 
 
 @pytest.mark.parametrize("kind", ["svm", "crf"])
-def test_classifier_on_rows_with_one_label_fails_clearly(work, task_file, tiny_llama_dir, kind):
-    prompts = work / f"zero-shot-{kind}.jsonl"
+def test_classifier_on_rows_with_one_label_fails_clearly(work, tiny_llama_dir, kind):
+    prompts = write_jsonl(work / f"zero-shot-{kind}.jsonl", ({"prompt": f"Q: w{i}\nA:", "answer": "yes"} for i in range(10)))
     rows = work / f"zero-shot-{kind}-rows.jsonl"
-    ok("prompts", task_file, "--out", prompts, "--shots", 0, "--limit", 10)
     ok("collect", prompts, "--out", rows, *_model_args(tiny_llama_dir, work))
-    assert load_collection(rows).labels.sum() == 0  # the random tiny llama never says " " after "Q: w<i>\nA:"
+    assert load_collection(rows).labels.sum() == 0  # the random tiny llama never says " " after these prompts
     result = invoke("train", rows, "--out", work / f"{kind}-none", "--policy", kind)
     assert_clean_error(result, "only label 0")
     assert not (work / f"{kind}-none" / "config.json").exists()
@@ -177,8 +189,8 @@ def _check_predictions(records, prompts_file):
     for record in records:
         assert {"answer_text", "exit_layer", "paper_flops_ratio", "honest_flops_ratio"} <= record.keys()
         assert 1 <= record["exit_layer"] <= 4
-        assert len(record["trace"]) == record["exit_layer"]
-        assert 0 < record["paper_flops_ratio"] <= record["honest_flops_ratio"]
+        assert len(record["trace"]) == record["lens_reads"] == record["exit_layer"] - record["first_read_layer"] + 1
+        assert 0 < record["paper_flops_ratio"] and record["honest_flops_ratio"] > 0
         assert record["paper_flops_ratio"] <= 1.0
         assert record["correct"] == (record["answer_token_id"] == SPACE)
 

@@ -28,7 +28,7 @@ def test_eval_of_a_user_task_writes_the_tables(evaluated, task_file):
     tasks = json.loads((work / "out" / "tasks.json").read_text())
     assert tasks["command"].startswith("adainfer eval --tasks " + str(task_file))
     assert {(row["regime"], row["method"]) for row in tasks["rows"]} >= {
-        ("zero-shot", "dense"), ("zero-shot", "oracle"), ("few-shot", "gap>0.8")}
+        ("zero-shot", "dense"), ("zero-shot", "stable-answer oracle"), ("few-shot", "gap>0.8")}
     assert all(row["prompts"] == 6 for row in tasks["rows"] if row["method"] == "dense")
     assert (work / "out" / "figures" / "layer_accuracy.png").exists()
 
@@ -87,7 +87,8 @@ def test_calibrate_saves_a_policy_with_its_certificate(evaluated):
 
 @pytest.mark.parametrize("args, keywords", [
     (("--epsilon", 0), ("epsilon and delta",)),
-    (("--min-layer", 99), ("--min-layer",)),
+    (("--first-check", 99), ("--first-check",)),
+    (("--first-check", 0), ("--first-check",)),
     (("--features", "nope"), ("unknown or no features",)),
 ])
 def test_calibrate_rejects_bad_arguments(evaluated, args, keywords):
@@ -96,6 +97,22 @@ def test_calibrate_rejects_bad_arguments(evaluated, args, keywords):
     result = invoke("calibrate", folder / "train.jsonl", folder / "eval.jsonl", "--out", work / "bad", *args)
     assert_clean_error(result, *keywords)
     assert not (work / "bad").exists()
+
+
+def test_calibrate_refuses_a_first_check_at_the_last_layer_and_keeps_one_below_it(evaluated):
+    from adainfer.collect import load_collection
+    from adainfer.policies import load_policy
+
+    work, _ = evaluated
+    folder = next((work / "runs").iterdir()) / "parity" / "0shot-seed0"
+    layers = load_collection(folder / "train.jsonl").top1.shape[1]
+    rows = (folder / "train.jsonl", folder / "eval.jsonl")
+    result = invoke("calibrate", *rows, "--out", work / "last", "--first-check", layers, "--features", "gap,depth")
+    assert_clean_error(result, "--first-check", f"1..{layers - 1}", "no early exit")
+    assert not (work / "last").exists()
+    ok("calibrate", *rows, "--out", work / "below", "--first-check", layers - 1, "--features", "gap,depth")
+    policy = load_policy(work / "below")
+    assert policy.first_check == layers - 1 and len(policy.threshold_grid_) > 0
 
 
 def test_candidate_features_from_collect_to_predict(tmp_path, task_file, tiny_llama_dir):

@@ -190,3 +190,35 @@ def test_select_of_an_uncollected_feature_names_it(fresh_file):
     collection = load_collection(fresh_file)
     with pytest.raises(CollectionFileError, match="cos_attn"):
         collection.select(["gap", "cos_attn"])
+
+
+def test_npz_traces_read_back_to_the_same_arrays_and_hash(fresh_file, tmp_path):
+    from adainfer.collect import load_collection_npz, save_collection_npz
+
+    collection = load_collection(fresh_file)
+    back = load_collection_npz(save_collection_npz(collection, tmp_path / "traces.npz"))
+    for name in ("features", "labels", "top1", "gold", "seq_len"):
+        assert np.array_equal(getattr(back, name), getattr(collection, name)), name
+    assert back.feature_names == collection.feature_names and back.model_identity == collection.model_identity
+    assert back.content_sha256() == collection.content_sha256()
+
+
+@pytest.mark.parametrize("damage", ["garbage", "missing array", "wrong shape"])
+def test_a_damaged_npz_is_refused_with_its_name(fresh_file, tmp_path, damage):
+    from adainfer.collect import load_collection_npz, save_collection_npz
+
+    path = tmp_path / "traces.npz"
+    if damage == "garbage":
+        path.write_bytes(b"PK\x03\x04 not a zip at all")
+    else:
+        collection = load_collection(fresh_file)
+        arrays = {"features": collection.features, "labels": collection.labels, "top1": collection.top1,
+                  "gold": collection.gold, "seq_len": collection.seq_len, "candidate_ids": np.zeros(0, dtype=np.int32),
+                  "feature_names": np.array(collection.feature_names), "model_identity": np.array("{}")}
+        if damage == "missing array":
+            del arrays["gold"]
+        else:
+            arrays["top1"] = arrays["top1"][:, :-1]
+        np.savez(path, **arrays)
+    with pytest.raises(CollectionFileError, match="traces.npz"):
+        load_collection_npz(path)

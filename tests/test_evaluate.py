@@ -32,7 +32,34 @@ def test_report_counts_accuracy_savings_and_costs():
     assert report.accuracy == 0.5 and report.accuracy_change == -0.5
     assert report.mean_exit_layer == 1.5 and report.early_exits == 2 and report.correct_early_exits == 1
     assert report.oracle_layers_saved == pytest.approx(1 - 2 / 4)
-    assert report.honest_flops_ratio > report.paper_flops_ratio
+    # Prefill units (L=4, h=8, V=10, s=5): a layer is 5 * 2(48 + 5) = 530, dense 4 * 530 + 10 = 2130;
+    # exits at 2 and 1 read the lens twice and once: (1060 + 20) and (530 + 10).
+    assert report.mean_lens_reads == 1.5
+    assert report.honest_flops_ratio == pytest.approx((1080 / 2130 + 540 / 2130) / 2)
+
+
+def test_schedule_pays_the_layer_before_the_first_check_for_agree_prev():
+    collection = _collection(gaps=[[0.9, 0.9, 0.9, 0.9], [0.1, 0.1, 0.1, 0.1]],
+                             top1=[[2, 2, 2, 2], [3, 3, 3, 3]], gold=[2, 3])
+    plain = evaluate_policy(GapThresholdPolicy(threshold=0.8), collection, first_check=3)
+    assert plain.mean_exit_layer == (3 + 4) / 2
+    assert plain.mean_lens_reads == (1 + 2) / 2  # layer 3; layers 3 and 4
+    agree = _collection(gaps=[[0.9, 0.9, 0.9, 0.9], [0.1, 0.1, 0.1, 0.1]], top1=[[2, 2, 2, 2], [3, 3, 3, 3]], gold=[2, 3])
+    agree.feature_names = ("agree_prev",)
+    policy = GapThresholdPolicy(threshold=0.8, feature="agree_prev")
+    assert evaluate_policy(policy, agree, first_check=3).mean_lens_reads == (2 + 3) / 2
+
+
+def test_bootstrap_interval_brackets_the_mean_and_shrinks_with_more_prompts():
+    from adainfer.evaluate import bootstrap_interval
+
+    rng = np.random.default_rng(1)
+    small, large = rng.integers(0, 2, 50), rng.integers(0, 2, 5000)
+    low, high = bootstrap_interval([small])
+    assert low <= small.mean() <= high and high - low > 0.1
+    low_large, high_large = bootstrap_interval([large])
+    assert high_large - low_large < (high - low) / 5
+    assert bootstrap_interval([small]) == (low, high)  # seeded: the same interval every time
 
 
 def test_candidate_policies_learn_and_are_scored_by_the_best_candidate():

@@ -33,7 +33,7 @@ def _layers_run(model, policy, prompt=PROMPT):
 def test_accepting_policy_exits_after_layer_one_and_skips_the_rest(model):
     result, ran = _layers_run(model, ALWAYS)
     assert ran == [0]  # layers 2..4 never ran
-    assert result.exit_layer == 1 and result.layers_checked == 1 and result.accepted
+    assert result.exit_layer == 1 and result.lens_reads == 1 and result.accepted
     assert result.num_layers == model.num_layers == 4
     assert result.answer_token_id == result.top1_trace[0]
     assert result.answer_text == model.decode_token(result.answer_token_id)
@@ -57,12 +57,14 @@ def test_flops_ratios_follow_eq2_hand_counted(model, policy):
     layer = 2 * (6 * h + result.seq_len)
     full = L * layer + V
     assert result.paper_flops_ratio == pytest.approx((result.exit_layer * layer + V) / full)
+    # Prefill: every layer runs over the s prompt tokens, each lens read once at the last one.
+    s = result.seq_len
     assert result.honest_flops_ratio == pytest.approx(
-        (result.exit_layer * layer + result.layers_checked * V) / full)
+        (s * result.exit_layer * layer + result.lens_reads * V) / (s * L * layer + V))
     cost = model.cost_model
     assert result.paper_flops_ratio == cost.paper_flops_ratio(result.exit_layer, result.seq_len)
     assert result.honest_flops_ratio == cost.honest_flops_ratio(
-        result.exit_layer, result.seq_len, result.layers_checked)
+        result.exit_layer, result.seq_len, result.lens_reads)
 
 
 def test_full_depth_ratios_are_one_and_early_exit_is_cheaper(model):
@@ -70,8 +72,8 @@ def test_full_depth_ratios_are_one_and_early_exit_is_cheaper(model):
     early = predict(model, PROMPT, ALWAYS)
     assert full.paper_flops_ratio == pytest.approx(1.0)
     assert full.honest_flops_ratio > 1.0  # three extra lens checks before the last layer
-    # Exiting at layer 1 checks one layer: the one head product the paper already counts.
-    assert early.honest_flops_ratio == early.paper_flops_ratio < 1.0
+    # Exiting at layer 1 reads one lens: the one head product the dense model pays too.
+    assert early.lens_reads == 1 and early.honest_flops_ratio < 1.0
 
 
 def test_trace_matches_the_full_depth_trace_used_for_training(model):
@@ -125,13 +127,34 @@ def depth_policy():
 
 
 def test_policy_on_depth_and_sublayer_features_exits_at_the_learned_layer(model, depth_policy):
-    result = predict(model, PROMPT, depth_policy)
-    assert result.exit_layer == 2 and result.accepted
+    every_layer = clone_fitted(depth_policy, first_check_=1)
+    result = predict(model, PROMPT, every_layer)
+    assert result.exit_layer == 2 and result.accepted and result.lens_reads == 2
     trace = np.array(result.trace)
     assert result.feature_names == ("cos_attn", "depth", "gap")
     assert trace[:, 1].tolist() == [0.25, 0.5]
     assert trace[0, 0] == 0.0  # layer 1 has no previous attention output to compare with
     assert 0.0 < abs(trace[1, 0]) <= 1.0
+
+
+def test_learned_schedule_reads_no_lens_before_the_first_check(model, depth_policy):
+    assert depth_policy.first_check_ == 2  # no training prompt was accepted at layer 1
+    every_layer = predict(model, PROMPT, clone_fitted(depth_policy, first_check_=1))
+    scheduled = predict(model, PROMPT, depth_policy)
+    assert scheduled.exit_layer == 2 and scheduled.first_check == scheduled.first_read_layer == 2
+    assert scheduled.lens_reads == 1 and scheduled.honest_flops_ratio < every_layer.honest_flops_ratio
+    # Layer 2's features do not depend on whether layer 1's lens was read.
+    assert np.allclose(scheduled.trace[0], every_layer.trace[1], atol=1e-6)
+
+
+def clone_fitted(policy, **attributes):
+    """A deep copy of a fitted policy with some learned attributes replaced."""
+    import copy
+
+    twin = copy.deepcopy(policy)
+    for name, value in attributes.items():
+        setattr(twin, name, value)
+    return twin
 
 
 def test_sublayer_hooks_are_removed_after_predict(model, depth_policy):

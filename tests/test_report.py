@@ -47,7 +47,7 @@ def test_dense_and_oracle_rows_follow_the_traces():
 
 def test_a_learnable_signal_gives_the_svm_most_of_the_oracle():
     rows = {row["method"]: row for row in setting_rows(setting("a", 5))}
-    assert set(rows) == {"dense", "oracle", "svm", "crf", "gap>0.8", "svm+depth", "svm+depth+agree"}  # no candidates here
+    assert set(rows) == {"dense", "stable-answer oracle", "svm", "crf", "gap>0.8", "svm+depth", "svm+depth+agree"}  # no candidates here
     assert rows["svm"]["accuracy_change"] > -0.05
     assert rows["svm"]["saved_of_oracle"] > 0.8
 
@@ -135,3 +135,46 @@ def test_model_transfer_diagonal_is_the_intra_model_score_and_only_shared_settin
     # Answers, oracle and exits are the evaluated model's own: m2's answers settle later than m1's.
     assert by_pair[("m1", "m2")]["oracle_layers_saved"] == by_pair[("m2", "m2")]["oracle_layers_saved"]
     assert by_pair[("m1", "m2")]["oracle_layers_saved"] < by_pair[("m1", "m1")]["oracle_layers_saved"]
+
+
+def test_report_twice_on_the_same_traces_is_byte_identical(tmp_path):
+    settings = [setting("a", 0), setting("a", 5), setting("b", 5, seed=3)]
+    first = write_report(settings, tmp_path / "first", "adainfer report runs --out x")
+    write_report(settings, tmp_path / "second", "adainfer report runs --out x")
+    tables = [path for path in first if path.suffix in (".md", ".csv", ".json")]
+    assert len(tables) > 20
+    for path in tables:
+        twin = tmp_path / "second" / path.relative_to(tmp_path / "first")
+        assert path.read_bytes() == twin.read_bytes(), path.name
+
+
+def test_every_table_records_its_prompts_and_a_hash_of_its_traces(tmp_path):
+    settings = [setting("a", 5), setting("b", 5, seed=3)]
+    write_report(settings, tmp_path, "adainfer report runs --out x")
+    origin = json.loads((tmp_path / "provenance.json").read_text())
+    assert [item["eval_prompts"] for item in origin["settings"]] == [30, 30]
+    assert origin["settings"][0]["traces_sha256"] == settings[0].content_sha256()
+    assert "scikit-learn" in origin["versions"]
+    assert f"content sha256 `{origin['traces_sha256'][:16]}`" in (tmp_path / "tasks.md").read_text()
+    changed = setting("b", 5, seed=3)
+    changed.eval.features[0, 0, 0] += 1e-3  # one feature of one prompt: another hash
+    assert changed.content_sha256() != settings[1].content_sha256()
+    table = pd.read_csv(tmp_path / "tasks.csv")
+    assert set(table["train_prompts"]) == {40}  # each task: one setting of 40 train prompts
+
+
+def test_intervals_bracket_the_change_and_a_row_carries_agreement():
+    rows = {row["method"]: row for row in setting_rows(setting("a", 5))}
+    for method in ("svm", "svm+depth"):
+        row = rows[method]
+        assert row["accuracy_change_low"] <= row["accuracy_change"] <= row["accuracy_change_high"]
+        assert row["layers_saved_low"] <= row["layers_saved"] <= row["layers_saved_high"]
+        assert 0 <= row["agreement_with_dense"] <= 1
+
+
+@pytest.mark.parametrize("method", PAPER_METHODS[:2], ids=lambda method: method.name)
+def test_fitting_a_policy_twice_on_the_same_rows_gives_the_same_decisions(method):
+    data = setting("a", 5)
+    first, second = score(method.make(), data.train, data.eval), score(method.make(), data.train, data.eval)
+    first.pop("_per_prompt"), second.pop("_per_prompt")
+    assert first == second

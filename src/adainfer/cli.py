@@ -11,23 +11,26 @@ import json
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import numpy as np
 import transformers
 import typer
 from rich.console import Console
 from rich.progress import Progress
+from rich.table import Table
 
 from adainfer.collect import collect as collect_rows
 from adainfer.collect import load_collection
+from adainfer.cost_profile import measure_cost_profile
 from adainfer.evaluate import evaluate_policy, training_labels
 from adainfer.features import PAPER_FEATURES, check_feature_names
+from adainfer.harness import load_task, task_prompts
 from adainfer.loading import DEFAULT_MODEL, EMBEDDED_MODELS, cache_root
 from adainfer.model import EarlyExitModel
 from adainfer.policies import CRFPolicy, GapThresholdPolicy, SVMPolicy, load_policy
 from adainfer.predict import predict as predict_one
-from adainfer.tasks import TASKS, LabelledPrompt, build_prompts, load_examples, load_jsonl_task, read_prompts_jsonl, write_prompts_jsonl
+from adainfer.tasks import TASKS, LabelledPrompt, read_prompts_jsonl, write_prompts_jsonl
 
 app = typer.Typer(
     help="Instance-aware early exit for frozen decoder-only LLMs (AdaInfer, arXiv 2403.02181).",
@@ -109,24 +112,53 @@ def info(model: ModelOption = None, cache_dir: CacheOption = None) -> None:
 
 @app.command()
 @_clean_errors
+def profile(
+    seq_lens: Annotated[str, typer.Option(help="Comma-separated prompt lengths in tokens.")] = "64,128,256,512",
+    repeats: Annotated[int, typer.Option(help="Timed runs of each part; the median is kept.")] = 5,
+    out: Annotated[Path | None, typer.Option("--out", "-o", help="JSON file for the profile (`CostProfile.load` reads it).")] = None,
+    model: ModelOption = None,
+    cache_dir: CacheOption = None,
+) -> None:
+    """Time one decoder layer, one lens check (full vocabulary and candidate rows) and the dense forward, per prompt length."""
+    try:
+        lengths = [int(part) for part in seq_lens.split(",") if part.strip()]
+    except ValueError:
+        raise ValueError(f"--seq-lens must be comma-separated integers, got {seq_lens!r}") from None
+    loaded = _load(model, cache_dir)
+    with Progress(console=err, transient=True) as progress:
+        bar = progress.add_task("timing", total=len(lengths))
+        measured = measure_cost_profile(loaded, lengths, repeats, on_seq_len=lambda _: progress.advance(bar))
+    layers = measured.num_layers
+    rows = f"{measured.candidate_count} rows"
+    table = Table(title=f"{loaded.loaded.name}: median ms, {measured.device}, {measured.torch_threads} thread(s)",
+                  caption=f"layer: one decoder layer over the prompt; check: full-vocabulary lens at the last "
+                          f"position; {rows}: lens over {rows} of the head; dense: the model's forward, one logit row")
+    for column in ("tokens", "layer", f"{layers} layers", "check", rows, "dense", "check/layers"):
+        table.add_column(column, justify="right")
+    for index, length in enumerate(measured.seq_lens):
+        layer, check = measured.layer_seconds[index], measured.full_check_seconds[index]
+        table.add_row(str(length), f"{1e3 * layer:.2f}", f"{1e3 * layers * layer:.1f}", f"{1e3 * check:.2f}",
+                      f"{1e3 * measured.candidate_check_seconds[index]:.3f}",
+                      f"{1e3 * measured.dense_seconds[index]:.1f}", f"{check / (layers * layer):.1%}")
+    Console().print(table)
+    if out:
+        measured.save(out)
+        err.print(f"wrote {out}")
+
+
+@app.command()
+@_clean_errors
 def prompts(
-    task: Annotated[str, typer.Argument(help=f"A built-in task ({', '.join(TASKS)}) or a JSONL file of {{input, output}} lines.")],
+    task: Annotated[str, typer.Argument(help=f"A built-in task ({', '.join(TASKS)}) or a .jsonl file of {{input, output}} lines, split in two halves as `adainfer eval` splits it.")],
     out: Annotated[Path, typer.Option("--out", "-o", help="JSONL file of {prompt, answer} to write.")],
-    split: Annotated[str, typer.Option(help="train (for classifier training) or eval.")] = "train",
-    shots: Annotated[int, typer.Option(help="Demonstrations per prompt, drawn from the train split.")] = 5,
+    split: Annotated[Literal["train", "eval"], typer.Option(help="train: classifier-training prompts; eval: the evaluated prompts, whose inputs are never in train prompts or demonstrations.")] = "train",
+    shots: Annotated[int, typer.Option(help="Demonstrations per prompt, always drawn from the task's train split.")] = 5,
     limit: Annotated[int | None, typer.Option(help="Number of prompts (a seeded sample).")] = None,
-    seed: int = 0,
+    seed: Annotated[int, typer.Option(help="The seed of an `adainfer eval` setting: --split eval and --split train then write exactly that setting's eval and train prompts (train draws with seed + 1). Use the same seed for both splits.")] = 0,
     data_dir: Annotated[Path | None, typer.Option(help="Datasets folder. Default: $ADAINFER_DATA or ../shared/data.")] = None,
 ) -> None:
-    """Write zero- or few-shot prompts `Q: x\\nA:` with their gold answers."""
-    if split not in ("train", "eval"):
-        raise ValueError(f"--split must be train or eval, got {split!r}")
-    if task in TASKS:
-        pool = load_examples(task, "train", data_dir)
-        queries = pool if split == "train" else load_examples(task, "eval", data_dir)
-    else:
-        pool = queries = load_jsonl_task(Path(task))
-    written = build_prompts(queries, pool, shots=shots, limit=limit, seed=seed)
+    """Write zero- or few-shot prompts `Q: x\\nA:` with their gold answers, as `adainfer eval` builds them."""
+    written = task_prompts(load_task(task, data_dir), split, shots, limit, seed)
     write_prompts_jsonl(written, out)
     err.print(f"wrote {len(written)} prompts to {out}")
 

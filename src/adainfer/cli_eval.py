@@ -18,7 +18,8 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from adainfer.calibration import CalibratedPolicy
 from adainfer.cli import CacheOption, ModelOption, _clean_errors, _features, _load, app, err
 from adainfer.collect import load_collection
-from adainfer.harness import HarnessError, check_settings, collect_setting, load_setting, model_slug, settings_grid
+from adainfer.harness import (HarnessError, check_settings, collect_setting, export_setting, load_setting, model_slug,
+                              settings_grid)
 from adainfer.report import model_transfer_rows
 from adainfer.tables import write_model_transfer, write_report
 from adainfer.tasks import TASKS
@@ -108,6 +109,21 @@ def report(
     err.print(f"{len(folders)} settings; wrote {len(written)} files under {out}")
 
 
+@app.command("export-traces")
+@_clean_errors
+def export_traces(
+    runs: Annotated[Path, typer.Argument(help="A model's folder of collected settings, e.g. runs/cache/<model>.")],
+    out: Annotated[Path, typer.Option(help="Where the compact traces go, e.g. results/traces/<model>.")],
+    tasks: Annotated[str | None, typer.Option(help="Only these tasks (comma-separated). Default: all collected.")] = None,
+    shots: Annotated[str | None, typer.Option(help="Only these numbers of demonstrations (comma-separated). Default: all collected.")] = None,
+) -> None:
+    """Copy collected traces as compact .npz files that `adainfer report` reads without the model."""
+    folders = _setting_folders(runs, tasks, shots)
+    for folder in folders:
+        export_setting(load_setting(folder), Path(out) / folder.parent.name / folder.name)
+    err.print(f"{len(folders)} settings exported under {out}")
+
+
 def _setting_folders(runs: Path, tasks: str | None, shots: str | None = None) -> list[Path]:
     """The collected settings under a model's cache folder, optionally only some tasks and shots."""
     folders = sorted(path.parent for path in Path(runs).glob("*/*/setting.json"))
@@ -160,17 +176,23 @@ def calibrate(
     epsilon: Annotated[float, typer.Option(help="Largest acceptable fraction of answers that differ from the full model's.")] = 0.05,
     delta: Annotated[float, typer.Option(help="Allowed probability that the calibration sample misleads (confidence 1 - delta).")] = 0.05,
     features: Annotated[str, typer.Option(help="Comma-separated features of the scorer.")] = "gap,top_prob,depth,agree_prev",
-    min_layer: Annotated[int, typer.Option(help="Never exit before this layer (1-based).")] = 1,
+    first_check: Annotated[int, typer.Option(help="First layer (1-based) whose lens is read: the policy never "
+                                             "exits before it. Must be below the last layer.")] = 1,
 ) -> None:
-    """Fit a stop policy whose exit threshold is certified by Learn then Test: risk <= epsilon w.p. >= 1 - delta."""
+    """Fit a stop policy whose exit threshold is certified by Learn then Test: risk <= epsilon w.p. >= 1 - delta.
+
+    The thresholds tested come from the training rows' scores; the calibration rows only choose among them.
+    """
     train = load_collection(train_rows)
     calibration = load_collection(calibration_rows)
     if train.model_identity != calibration.model_identity:
         raise ValueError(f"{train_rows} and {calibration_rows} come from different models")
     names = _features(features)
-    if not 1 <= min_layer <= train.top1.shape[1]:
-        raise ValueError(f"--min-layer must be in 1..{train.top1.shape[1]}, got {min_layer}")
-    policy = CalibratedPolicy(names, min_layer=min_layer).fit(train.select(names), train.top1)
+    layers = train.top1.shape[1]
+    if not 1 <= first_check <= layers - 1:
+        raise ValueError(f"--first-check must be in 1..{layers - 1} (layer {layers} is the last: no early exit "
+                         f"is possible there), got {first_check}")
+    policy = CalibratedPolicy(names, first_check=first_check).fit(train.select(names), train.top1)
     certificate = policy.calibrate(calibration.select(names), calibration.top1, epsilon, delta)
     policy.save(out, train.model_identity)
     if math.isinf(certificate.threshold):

@@ -10,13 +10,17 @@ every finished prompt and a rerun with the same arguments resumes after it.
 
 from __future__ import annotations
 
+import hashlib
+import io
 import json
+import zipfile
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from adainfer.files import write_bytes_atomic
 from adainfer.model import EarlyExitModel
 from adainfer.tasks import LabelledPrompt
 
@@ -51,6 +55,16 @@ class Collection:
             model_identity=self.model_identity, candidate_ids=self.candidate_ids,
             cand_top1=None if self.cand_top1 is None else self.cand_top1[index],
         )
+
+    def content_sha256(self) -> str:
+        """A hash of every array a table reads, in a fixed order and dtype: two collections with the
+        same hash give the same tables, whichever file format they were read from."""
+        digest = hashlib.sha256(json.dumps([list(self.feature_names), list(self.candidate_ids)]).encode())
+        arrays = (self.features.astype(np.float32), self.labels, self.top1, self.gold, self.seq_len,
+                  self.cand_top1 if self.cand_top1 is not None else np.zeros(0))
+        for array in arrays:
+            digest.update(np.ascontiguousarray(array, dtype=np.float32 if array is arrays[0] else np.int64).tobytes())
+        return digest.hexdigest()
 
     def select(self, names: Sequence[str]) -> np.ndarray:
         """The feature columns `names`, in that order; a clear error for a name not collected."""
@@ -198,4 +212,59 @@ def load_collection(path: Path) -> Collection:
         seq_len=column("seq_len", dtype=np.int64)[:, 0, 0],
         feature_names=names,
         model_identity=header["model_identity"],
+    )
+
+
+# The compact form committed under results/traces: arrays only, read back with allow_pickle=False.
+_NPZ_INT_ARRAYS: tuple[str, ...] = ("labels", "top1", "gold", "seq_len")
+
+
+def save_collection_npz(collection: Collection, path: Path) -> Path:
+    """Write `collection` as a compressed `.npz` of float32 features and int32 ids, atomically."""
+    arrays = {
+        "features": collection.features.astype(np.float32),
+        **{name: getattr(collection, name).astype(np.int32) for name in _NPZ_INT_ARRAYS},
+        "candidate_ids": np.array(collection.candidate_ids, dtype=np.int32),
+        "feature_names": np.array(collection.feature_names, dtype=str),
+        "model_identity": np.array(json.dumps(collection.model_identity, sort_keys=True)),
+    }
+    if collection.cand_top1 is not None:
+        arrays["cand_top1"] = collection.cand_top1.astype(np.int32)
+    buffer = io.BytesIO()
+    np.savez_compressed(buffer, **arrays)
+    return write_bytes_atomic(Path(path), buffer.getvalue())
+
+
+def load_collection_npz(path: Path) -> Collection:
+    """Read a `.npz` written by `save_collection_npz`, checking every array's shape and dtype."""
+    path = Path(path)
+    try:
+        with np.load(path, allow_pickle=False) as stored:
+            arrays = {name: stored[name] for name in stored.files}
+    except (OSError, ValueError, zipfile.BadZipFile) as error:
+        raise CollectionFileError(f"{path}: not a readable traces file ({error})") from None
+    required = ("features", *_NPZ_INT_ARRAYS, "candidate_ids", "feature_names", "model_identity")
+    missing = [name for name in required if name not in arrays]
+    features = arrays.get("features")
+    if missing or features is None or features.ndim != 3 or features.dtype != np.float32:
+        raise CollectionFileError(f"{path}: not a traces file (missing {missing} or bad features array)")
+    prompts, layers, columns = features.shape
+    expected = {"labels": (prompts, layers), "top1": (prompts, layers), "gold": (prompts,), "seq_len": (prompts,),
+                "cand_top1": (prompts, layers), "feature_names": (columns,)}
+    wrong = [name for name, shape in expected.items() if name in arrays and arrays[name].shape != shape]
+    if wrong or any(arrays[name].dtype.kind != "i" for name in _NPZ_INT_ARRAYS):
+        raise CollectionFileError(f"{path}: arrays {wrong or list(_NPZ_INT_ARRAYS)} have the wrong shape or type")
+    try:
+        identity = json.loads(str(arrays["model_identity"]))
+    except json.JSONDecodeError as error:
+        raise CollectionFileError(f"{path}: model_identity is not JSON ({error.msg})") from None
+    candidate_ids = tuple(int(i) for i in arrays["candidate_ids"])
+    if bool(candidate_ids) != ("cand_top1" in arrays):
+        raise CollectionFileError(f"{path}: candidate_ids and cand_top1 must come together")
+    return Collection(
+        features=features, labels=arrays["labels"].astype(np.int64), top1=arrays["top1"].astype(np.int64),
+        gold=arrays["gold"].astype(np.int64), seq_len=arrays["seq_len"].astype(np.int64),
+        feature_names=tuple(str(name) for name in arrays["feature_names"]), model_identity=identity,
+        candidate_ids=candidate_ids,
+        cand_top1=arrays["cand_top1"].astype(np.int64) if candidate_ids else None,
     )

@@ -90,6 +90,11 @@ class DraftHead:
         bias = getattr(self.executor.head, "bias", None)
         return self.executor.head.weight.detach()[index], None if bias is None else bias.detach()[index]
 
+    @property
+    def rows(self) -> int:
+        """Candidate rows one draft reads: its cost in `adainfer.cost` units."""
+        return self.first_ids + len(self.extra)
+
     def add(self, token_id: int) -> None:
         """Make `token_id` a candidate (one row appended)."""
         if token_id >= self.first_ids and token_id not in self.extra:

@@ -1,68 +1,74 @@
 """Score a stop policy on collected full-depth traces, against the dense model and the oracle.
 
-Replaying a policy over collected rows gives the same exit layers as running `predict` prompt by
-prompt: the features of layer l depend only on layers 1..l, and policies decide online. So one
-collection serves every policy, at no model cost.
+Replaying a policy over collected rows gives the same exit layers and costs as running `predict`
+prompt by prompt under the same check schedule (`adainfer.decisions`): the features of layer l
+depend only on layers 1..l, policies decide online, and a scheduled policy sees only the layers
+it checked. So one collection serves every policy, at no model cost.
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
 from adainfer.collect import Collection
 from adainfer.cost import CostModel
+from adainfer.decisions import exit_layers, lens_reads, oracle_exit_layers, reads_previous_lens, scheduled_decisions, stable_labels
 from adainfer.features import needs_full_vocab
 from adainfer.policies import StopPolicy
 
-
-def exit_layers(decisions: np.ndarray) -> np.ndarray:
-    """First accepted layer, 1-based, per prompt; the last layer when none is accepted. (prompts, layers) -> (prompts,)."""
-    layers = decisions.shape[1]
-    accepted = decisions[:, :-1].astype(bool)  # the last layer answers anyway
-    return np.where(accepted.any(axis=1), accepted.argmax(axis=1) + 1, layers)
-
-
-def oracle_exit_layers(top1: np.ndarray) -> np.ndarray:
-    """Earliest layer, 1-based, from which the top-1 token stays equal to the last layer's: (prompts,).
-
-    No policy that keeps the dense answers can exit earlier; it bounds the layers that can be saved.
-    """
-    differs = top1 != top1[:, -1:]
-    last_differing = np.where(differs.any(axis=1), differs.shape[1] - np.argmax(differs[:, ::-1], axis=1), 0)
-    return last_differing + 1
-
-
-def stable_labels(top1: np.ndarray) -> np.ndarray:
-    """1 from the layer on which the top-1 token stays the final one (the oracle's exit) onwards.
-
-    (prompts, layers) -> (prompts, layers). Needs no gold answer: the target is the model's own.
-    """
-    layers = np.arange(1, top1.shape[1] + 1)
-    return (layers[None, :] >= oracle_exit_layers(top1)[:, None]).astype(np.int64)
+BOOTSTRAP_RESAMPLES = 1000
+BOOTSTRAP_SEED = 0
 
 
 @dataclass
 class PolicyReport:
-    """Per-task figures the paper reports, plus the oracle and the check cost."""
+    """Per-task figures the paper reports, plus agreement, the oracle, the check cost and 95 %
+    paired-bootstrap intervals over prompts (`*_low`, `*_high`)."""
 
     prompts: int
     dense_accuracy: float
     accuracy: float
     accuracy_change: float
+    accuracy_change_low: float
+    accuracy_change_high: float
     agreement_with_dense: float
     mean_exit_layer: float
     var_exit_layer: float
     layers_saved: float
+    layers_saved_low: float
+    layers_saved_high: float
     oracle_layers_saved: float
     paper_flops_ratio: float
     honest_flops_ratio: float
+    mean_lens_reads: float
     early_exits: int  # prompts that stopped before the last layer
     correct_early_exits: int
+    # Per prompt, for intervals over several settings: correct minus dense-correct, layers saved.
+    per_prompt: dict[str, np.ndarray] = field(default_factory=dict, repr=False)
 
-    def to_dict(self) -> dict[str, float]:
-        return {key: round(value, 4) if isinstance(value, float) else value for key, value in asdict(self).items()}
+    def to_dict(self) -> dict[str, object]:
+        """The figures, rounded, as plain JSON types (without the per-prompt arrays)."""
+        return {key: round(value, 4) if isinstance(value, float) else value
+                for key, value in asdict(self).items() if key != "per_prompt"}
+
+
+def bootstrap_interval(samples: list[np.ndarray], resamples: int = BOOTSTRAP_RESAMPLES,
+                       seed: int = BOOTSTRAP_SEED) -> tuple[float, float]:
+    """95 % percentile interval of the mean over settings of each setting's per-prompt mean.
+
+    Each array in `samples` is one setting's per-prompt values; prompts are resampled within
+    their setting (paired: one index draws a prompt's early-exit and dense outcomes together).
+    """
+    rng = np.random.default_rng(seed)
+    means = np.zeros(resamples)
+    for values in samples:
+        values = np.asarray(values, dtype=np.float64)
+        means += values[rng.integers(0, len(values), size=(resamples, len(values)))].mean(axis=1)
+    means /= len(samples)
+    low, high = np.quantile(means, (0.025, 0.975))
+    return round(float(low), 4), round(float(high), 4)
 
 
 def cost_model_of(collection: Collection) -> CostModel:
@@ -89,31 +95,28 @@ def training_labels(policy: StopPolicy, collection: Collection) -> np.ndarray:
     return collection.labels
 
 
-def first_accepted_layer(policy: StopPolicy, collection: Collection) -> int:
-    """The earliest layer (1-based) at which `policy` accepts any prompt of `collection`.
-
-    A check schedule learned from training traces: layers before it need no lens at all.
-    """
-    decisions = policy.predict(collection.select(policy.features))[:, :-1].astype(bool)
-    return int(decisions.any(axis=0).argmax()) + 1 if decisions.any() else decisions.shape[1] + 1
+def fit_on(policy: StopPolicy, collection: Collection) -> StopPolicy:
+    """Fit `policy` on a collection's traces with the labels it learns from (`training_labels`)."""
+    return policy.fit(collection.select(policy.features), training_labels(policy, collection))
 
 
 def evaluate_policy(policy: StopPolicy, collection: Collection, first_check: int = 1) -> PolicyReport:
-    """Replay `policy` over `collection` (it must not be the data the policy was fitted on)."""
-    decisions = policy.predict(collection.select(policy.features))
-    return evaluate_decisions(decisions, collection, reads_candidates_only(policy, collection), first_check)
+    """Replay `policy` over `collection` (not the data it was fitted on), checking from `first_check`."""
+    decisions = scheduled_decisions(policy, collection.select(policy.features), first_check)
+    return evaluate_decisions(decisions, collection, reads_candidates_only(policy, collection), first_check,
+                              reads_previous_lens(policy.features))
 
 
 def evaluate_decisions(decisions: np.ndarray, collection: Collection, candidates_only: bool,
-                       first_check: int = 1) -> PolicyReport:
-    """Score a policy's online decisions (prompts, layers) on `collection`.
+                       first_check: int = 1, reads_previous: bool = False) -> PolicyReport:
+    """Score a policy's online decisions (prompts, layers), already made under `first_check`.
 
-    Layers before `first_check` are not checked (a check schedule): the policy is not asked
-    there and no lens is paid. With `candidates_only` each check pays |C| units and the answer
-    is the best candidate.
+    Layers before `first_check` are not checked (a check schedule): no lens is paid there, except
+    the layer just before it when the policy `reads_previous` lens (`agree_prev`). With
+    `candidates_only` each check pays |C| units and the answer is the best candidate.
     """
-    decisions = decisions.copy()
-    decisions[:, : first_check - 1] = 0
+    if decisions[:, : first_check - 1].any():
+        raise ValueError(f"decisions accept layers before first_check={first_check}")
     exits = exit_layers(decisions)
     rows = np.arange(len(exits))
     chosen = collection.cand_top1 if candidates_only else collection.top1
@@ -121,25 +124,36 @@ def evaluate_decisions(decisions: np.ndarray, collection: Collection, candidates
     dense = chosen[:, -1]  # the full model under the same answer rule (vocabulary or candidates)
     cost = cost_model_of(collection)
     layers = cost.num_layers
-    paper = [cost.paper_flops_ratio(int(e), int(s)) for e, s in zip(exits, collection.seq_len)]
+    reads = lens_reads(exits, first_check, reads_previous, layers)
     check_units = len(collection.candidate_ids) if candidates_only else None
-    checked = np.maximum(exits - first_check + 1, 1)
+    paper = [cost.paper_flops_ratio(int(e), int(s)) for e, s in zip(exits, collection.seq_len)]
     honest = [cost.honest_flops_ratio(int(e), int(s), int(c), check_units)
-              for e, s, c in zip(exits, collection.seq_len, checked)]
+              for e, s, c in zip(exits, collection.seq_len, reads)]
     correct = answers == collection.gold
+    dense_correct = dense == collection.gold
+    change = correct.astype(np.int8) - dense_correct.astype(np.int8)
+    saved = 1 - exits / layers
     early = exits < layers
+    change_low, change_high = bootstrap_interval([change])
+    saved_low, saved_high = bootstrap_interval([saved])
     return PolicyReport(
         prompts=len(exits),
-        dense_accuracy=float((dense == collection.gold).mean()),
+        dense_accuracy=float(dense_correct.mean()),
         accuracy=float(correct.mean()),
-        accuracy_change=float(correct.mean() - (dense == collection.gold).mean()),
+        accuracy_change=float(change.mean()),
+        accuracy_change_low=change_low,
+        accuracy_change_high=change_high,
         agreement_with_dense=float((answers == dense).mean()),
         mean_exit_layer=float(exits.mean()),
         var_exit_layer=float(exits.var()),
-        layers_saved=float(1 - exits.mean() / layers),
+        layers_saved=float(saved.mean()),
+        layers_saved_low=saved_low,
+        layers_saved_high=saved_high,
         oracle_layers_saved=float(1 - oracle_exit_layers(chosen).mean() / layers),
         paper_flops_ratio=float(np.mean(paper)),
         honest_flops_ratio=float(np.mean(honest)),
+        mean_lens_reads=float(reads.mean()),
         early_exits=int(early.sum()),
         correct_early_exits=int((early & correct).sum()),
+        per_prompt={"accuracy_change": change, "layers_saved": saved},
     )

@@ -137,6 +137,12 @@ class FeatureReader:
             if outputs[layer] is not None:
                 outputs[layer] = outputs[layer].index_select(0, index)
 
+    def skip(self, hidden: torch.Tensor) -> None:
+        """A layer whose lens is not read (before a check schedule's first check): remember its
+        hidden state for the next layer's `cos_hidden`, and that no top-1 was read."""
+        self._previous_hidden = hidden[:, -1]
+        self._previous_top1 = self._previous_cand_top1 = None
+
     def read(self, layer: int, hidden: torch.Tensor) -> LayerReadout:
         """Features after decoder layer `layer` (0-based) whose output is `hidden` (batch, seq, hidden)."""
         last = hidden[:, -1]

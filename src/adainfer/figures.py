@@ -17,7 +17,8 @@ matplotlib.use("Agg")  # files only; never needs a display
 import matplotlib.pyplot as plt
 import numpy as np
 
-from adainfer.evaluate import exit_layers, oracle_exit_layers, training_labels
+from adainfer.decisions import exit_layers, oracle_exit_layers
+from adainfer.evaluate import fit_on
 from adainfer.harness import SettingData
 from adainfer.report import Method, layer_accuracy
 
@@ -61,11 +62,11 @@ def lens_features_figure(data: SettingData, path: Path) -> Path:
 def exit_histogram_figure(data: SettingData, methods: Sequence[Method], path: Path) -> Path:
     """Histogram of exit layers on the eval prompts for each trainable method and the oracle."""
     num_layers = data.eval.top1.shape[1]
-    exits = {"oracle": oracle_exit_layers(data.eval.top1)}
+    exits = {"stable-answer oracle": oracle_exit_layers(data.eval.top1)}
     for method in methods:
         policy = method.make()
         try:
-            policy.fit(data.train.select(policy.features), training_labels(policy, data.train))
+            fit_on(policy, data.train)
         except ValueError:
             continue  # untrainable here; the tables say why
         exits[method.name] = exit_layers(policy.predict(data.eval.select(policy.features)))

@@ -61,6 +61,9 @@ class GenerationResult:
     restricted draft head. `draft_lengths` / `accepted_lengths`: per verification (lossless).
     `kv_lengths`: positions cached per layer at the end; the last token is never fed back, so it is
     prompt_tokens + len(token_ids) - 1 in every layer. `first_token_seconds`: time to first token.
+    `flops_units`: FLOPs spent (`adainfer.cost` units) by every pass above, each position at its
+    own context length (`CostModel.decode_units`), drafts that were rejected included;
+    `dense_flops_units`: what dense decoding of the same tokens costs (`dense_decode_units`).
     """
 
     text: str
@@ -74,6 +77,8 @@ class GenerationResult:
     attention_only_passes: int = 0
     lens_rows: int = 0
     draft_head_rows: int = 0
+    flops_units: int = 0
+    dense_flops_units: int = 0
     draft_lengths: list[int] = field(default_factory=list)
     accepted_lengths: list[int] = field(default_factory=list)
     kv_lengths: list[int] = field(default_factory=list)
@@ -100,10 +105,15 @@ class GenerationResult:
         after_first = len(self.token_ids) - 1
         return self.layer_passes / after_first if after_first > 0 else float("nan")
 
+    @property
+    def honest_flops_ratio(self) -> float:
+        """Decode FLOPs relative to dense decoding, lens checks and fills included; NaN with no decode step."""
+        return self.flops_units / self.dense_flops_units if self.dense_flops_units else float("nan")
+
     def to_dict(self) -> dict[str, Any]:
         return {**asdict(self), "tokens_per_second": self.tokens_per_second,
                 "mean_accepted_length": self.mean_accepted_length, "mean_exit_layer": self.mean_exit_layer,
-                "layers_per_token": self.layers_per_token}
+                "layers_per_token": self.layers_per_token, "honest_flops_ratio": self.honest_flops_ratio}
 
 
 class _Output:
@@ -254,24 +264,38 @@ def _prefill(decoder: KVDecoder, prompt_ids: list[int], output: _Output, counts:
     return None if output.emit(first, decoder.num_layers) else first
 
 
-def _count_early(counts: dict[str, Any], step: EarlyStep, draft_head: DraftHead | None = None) -> None:
+def _count_early(counts: dict[str, Any], step: EarlyStep, decoder: KVDecoder,
+                 draft_head: DraftHead | None = None) -> None:
+    """Count one early pass; it just fed position decoder.length - 1, over a context of decoder.length."""
     counts["layer_passes"] += step.exit_layer
     counts["attention_only_passes"] += step.filled_layers
     if draft_head is None:
         counts["lens_rows"] += step.lens_checks
     else:
         counts["draft_head_rows"] += 1
+    cost, context = decoder.model.cost_model, decoder.length
+    counts["flops_units"] += (cost.decode_units(step.exit_layer, context, step.lens_checks,
+                                                draft_head.rows if draft_head else None)
+                              + step.filled_layers * cost.attention_units(context))
+
+
+def _count_dense(counts: dict[str, Any], decoder: KVDecoder, first_context: int, tokens: int) -> None:
+    """Add the dense cost of `tokens` decode steps over contexts first_context, first_context + 1, ..."""
+    cost = decoder.model.cost_model
+    counts["dense_flops_units"] += sum(cost.dense_decode_units(first_context + offset) for offset in range(tokens))
 
 
 def _fast(model: EarlyExitModel, prompt_ids: list[int], output: _Output, policy: StopPolicy | None,
           exit_layer: int | None, min_exit_layer: int) -> tuple[KVDecoder, dict[str, Any]]:
     decoder = KVDecoder(model)
-    counts: dict[str, Any] = {"layer_passes": 0, "attention_only_passes": 0, "lens_rows": 0}
+    counts: dict[str, Any] = {"layer_passes": 0, "attention_only_passes": 0, "lens_rows": 0,
+                              "flops_units": 0, "dense_flops_units": 0}
     token = _prefill(decoder, prompt_ids, output, counts)
     while token is not None:
         step = decoder.early_pass(token, exit_layer=None if policy else exit_layer, policy=policy,
                                   min_exit_layer=min_exit_layer, fill=True)
-        _count_early(counts, step)
+        _count_early(counts, step, decoder)
+        _count_dense(counts, decoder, decoder.length, 1)
         token = None if output.emit(step.token_id, step.exit_layer) else step.token_id
     return decoder, counts
 
@@ -291,7 +315,9 @@ def _lossless(model: EarlyExitModel, prompt_ids: list[int], output: _Output, pol
     """
     decoder = KVDecoder(model, record_past=True)
     counts: dict[str, Any] = {"layer_passes": 0, "attention_only_passes": 0, "lens_rows": 0,
-                              "draft_head_rows": 0, "draft_lengths": [], "accepted_lengths": []}
+                              "draft_head_rows": 0, "flops_units": 0, "dense_flops_units": 0,
+                              "draft_lengths": [], "accepted_lengths": []}
+    cost = model.cost_model
     num_layers = decoder.num_layers
     token = _prefill(decoder, prompt_ids, output, counts)
     draft_size = min(initial_draft, MAX_DRAFT)
@@ -305,19 +331,22 @@ def _lossless(model: EarlyExitModel, prompt_ids: list[int], output: _Output, pol
             step = decoder.early_pass(fed[-1], exit_layer=None if policy else draft_layer, policy=policy,
                                       min_exit_layer=min_exit_layer, fill=policy is not None,
                                       draft_head=draft_head)
-            _count_early(counts, step, draft_head)
+            _count_early(counts, step, decoder, draft_head)
             drafts.append(step.token_id)
             steps.append(step)
             if step.token_id in output.eos_ids:
                 break
         if policy is None:
             logits = decoder.finish_pass(fed, torch.cat([step.hidden for step in steps], dim=1), draft_layer)
-            counts["layer_passes"] += (num_layers - draft_layer) * len(fed)
+            verified_layers = num_layers - draft_layer
         else:
             decoder.crop(committed)
             logits = decoder.full_pass(fed)
-            counts["layer_passes"] += num_layers * len(fed)
+            verified_layers = num_layers
+        counts["layer_passes"] += verified_layers * len(fed)
         counts["lens_rows"] += len(fed)
+        counts["flops_units"] += sum(cost.decode_units(verified_layers, committed + offset + 1, 1)
+                                     for offset in range(len(fed)))
         targets = logits.argmax(dim=-1).tolist()
         accepted = 0
         while accepted < len(drafts) and drafts[accepted] == targets[accepted]:
@@ -333,6 +362,7 @@ def _lossless(model: EarlyExitModel, prompt_ids: list[int], output: _Output, pol
             if output.emit(chosen, depth):
                 token = None
                 break
+        _count_dense(counts, decoder, committed + 1, index + 1)  # emitted token i: position committed + i
         # `token`'s position and those of the emitted tokens but the last keep their K/V.
         decoder.crop(committed + index + 1)
     return decoder, counts

@@ -10,14 +10,17 @@ larger ``limit`` later extends the cache (the first n prompts of a seed never ch
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 
-from adainfer.collect import Collection, collect, load_collection
+from adainfer.collect import Collection, collect, load_collection, load_collection_npz, save_collection_npz
+from adainfer.files import write_text_atomic
 from adainfer.features import CANDIDATE_FEATURES
 from adainfer.model import EarlyExitModel
 from adainfer.tasks import (TASKS, Example, LabelledPrompt, build_prompts, load_examples, load_jsonl_task,
@@ -110,17 +113,31 @@ class SettingData:
     train: Collection
     eval: Collection
 
+    def content_sha256(self) -> str:
+        """One hash of the setting's train and eval traces (`Collection.content_sha256`)."""
+        return hashlib.sha256((self.train.content_sha256() + self.eval.content_sha256()).encode()).hexdigest()
+
 
 def model_slug(model: EarlyExitModel) -> str:
     identity = model.identity()
     return f"{identity['architecture']}-{identity['head_sha256']}"
 
 
-def _prompts_for(task: TaskData, split: str, setting: Setting, limit: int) -> list[LabelledPrompt]:
+def task_prompts(task: TaskData, split: Literal["train", "eval"], shots: int, limit: int | None,
+                 seed: int) -> list[LabelledPrompt]:
+    """One split's prompts for a setting with this `seed`: what `adainfer eval` collects and
+    `adainfer prompts` writes, built in this one place so the two cannot drift apart.
+
+    `train` prompts ask `task.classifier_queries`, `eval` prompts ask `task.eval`; demonstrations
+    always come from `task.train`, so no evaluated input is ever a query of a training prompt or a
+    demonstration. Eval prompts draw with `seed` and train prompts with `seed + 1`, so the two
+    splits never share demonstration draws; that mapping is what cached settings were built with,
+    so changing it would invalidate them. `limit` prompts (all when `None`) in the seed's order.
+    """
+    if split not in ("train", "eval"):
+        raise ValueError(f"split must be 'train' or 'eval', got {split!r}")
     queries = task.classifier_queries if split == "train" else task.eval
-    # Distinct seeds per split keep train and eval prompts from sharing demonstration draws.
-    seed = setting.seed if split == "eval" else setting.seed + 1
-    return build_prompts(queries, task.train, setting.shots, limit, seed)
+    return build_prompts(queries, task.train, shots, limit, seed if split == "eval" else seed + 1)
 
 
 def _cached_prompt_count(path: Path, prompts: list[LabelledPrompt]) -> int:
@@ -156,7 +173,7 @@ def collect_setting(
     loaded = {}
     for split, limit in (("train", train_limit), ("eval", eval_limit)):
         try:
-            prompts = _prompts_for(task, split, setting, limit)
+            prompts = task_prompts(task, split, setting.shots, limit, setting.seed)
         except ValueError as error:
             raise HarnessError(f"{setting.name}: {error}") from error
         prompt_file = folder / f"{split}.prompts.jsonl"
@@ -180,14 +197,33 @@ def collect_setting(
 
 
 def load_setting(folder: Path) -> SettingData:
-    """A collected setting from its cache folder, without the model (for `adainfer report`)."""
-    meta_path = Path(folder) / "setting.json"
+    """A collected setting from its folder, without the model (for `adainfer report`): the
+    cache's `{train,eval}.jsonl`, or the compact `{train,eval}.npz` of `export_setting`."""
+    folder = Path(folder)
+    meta_path = folder / "setting.json"
     if not meta_path.exists():
         raise HarnessError(f"{folder} is not a collected setting (no setting.json)")
-    meta = json.loads(meta_path.read_text())
-    setting = Setting(meta["task"], int(meta["shots"]), int(meta["seed"]))
-    return SettingData(setting, meta["group"], load_collection(Path(folder) / "train.jsonl"),
-                       load_collection(Path(folder) / "eval.jsonl"))
+    try:
+        meta = json.loads(meta_path.read_text(encoding="utf-8"))
+        setting = Setting(str(meta["task"]), int(meta["shots"]), int(meta["seed"]))
+        group = str(meta["group"])
+    except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError, ValueError) as error:
+        raise HarnessError(f"{meta_path}: not a valid setting description ({type(error).__name__}: {error})") from None
+    if (folder / "train.npz").exists():
+        return SettingData(setting, group, load_collection_npz(folder / "train.npz"),
+                           load_collection_npz(folder / "eval.npz"))
+    return SettingData(setting, group, load_collection(folder / "train.jsonl"), load_collection(folder / "eval.jsonl"))
+
+
+def export_setting(data: SettingData, folder: Path) -> Path:
+    """Write a setting as `setting.json` plus `{train,eval}.npz` (a few hundred kB), which
+    `load_setting` reads back to the same arrays: the form committed under results/traces."""
+    folder = Path(folder)
+    save_collection_npz(data.train, folder / "train.npz")
+    save_collection_npz(data.eval, folder / "eval.npz")
+    meta = {"task": data.setting.task, "group": data.group, "shots": data.setting.shots, "seed": data.setting.seed}
+    write_text_atomic(folder / "setting.json", json.dumps(meta, indent=1) + "\n")
+    return folder
 
 
 def check_settings(settings: Sequence[Setting], train_limit: int, eval_limit: int,
@@ -202,7 +238,7 @@ def check_settings(settings: Sequence[Setting], train_limit: int, eval_limit: in
         task = tasks[setting.task]
         for split, limit in (("train", train_limit), ("eval", eval_limit)):
             try:
-                _prompts_for(task, split, setting, limit)
+                task_prompts(task, split, setting.shots, limit, setting.seed)
             except ValueError as error:
                 problems.append(f"{setting.name}: {error}")
                 break

@@ -35,6 +35,8 @@ from sklearn.preprocessing import StandardScaler
 from sklearn.svm import SVC
 from sklearn.utils.validation import check_is_fitted
 
+from adainfer.decisions import check_first_check, first_accepted_layer, policy_first_check
+
 CONFIG_NAME = "config.json"
 SVM_FILE = "svm.skops"
 CRF_FILE = "crf.crfsuite"
@@ -123,6 +125,7 @@ class StopPolicy(BaseEstimator):
             "features": list(self.features),
             "model_identity": model_identity,
             "n_layers": getattr(self, "n_layers_", None),
+            "first_check": policy_first_check(self),
             "adainfer_version": _adainfer_version(),
         }
         config.update(self._save_state(directory))  # model file first: no config, no policy
@@ -133,6 +136,10 @@ class StopPolicy(BaseEstimator):
             raise ValueError(message) from None
         (directory / CONFIG_NAME).write_text(text + "\n")
         return directory
+
+    def _learn_first_check(self, X: np.ndarray) -> None:
+        """The check schedule, `first_check_`: the earliest layer accepted on any training prompt."""
+        self.first_check_ = first_accepted_layer(self.predict(X))
 
     def _save_state(self, directory: Path) -> dict:
         return {}
@@ -173,6 +180,7 @@ class SVMPolicy(StopPolicy):
         self.n_layers_ = X.shape[1]
         self.n_features_in_ = X.shape[2]
         self._prepare_fast_path()
+        self._learn_first_check(X)
         return self
 
     def decision_function(self, X: Any) -> np.ndarray:
@@ -250,8 +258,19 @@ class SVMPolicy(StopPolicy):
 class CRFPolicy(StopPolicy):
     """Linear-chain CRF over each prompt's layer sequence (App. C's alternative to the SVM).
 
-    Trained on whole sequences; the online decision at layer l is the last label of the Viterbi
-    path of the prefix 0..l, so later layers can never change an earlier decision.
+    Early exit decides at layer l from layers 1..l alone, so the CRF is trained and decoded on
+    prefixes: `fit` learns from every prefix 1..l of every training sequence, and the decision at
+    layer l is P(y_l = 1 | layers 1..l) > 0.5, the marginal of the prefix's last label (a decision
+    about that one label; the Viterbi path answers a question about the whole prefix). Later
+    layers can never change an earlier decision.
+
+    Why prefixes (benchmarks/results/crf_online_offline.md): crfsuite has no start or end
+    transitions, so the last label of a prefix is scored by its state features and its incoming
+    transition alone. Trained on whole sequences, the CRF kept "early layers are wrong" in the
+    1 -> 0 transition (-3.0 on Gemma 3 270M 5-shot SST-2), which a prefix's last label never
+    meets: layer 1 alone scored 0.24 higher as 1 than as 0 from its confident junk (mean gap 0.84),
+    so the CRF exited there on all 200 eval prompts (-61 points), though its full-sequence path
+    labels that layer 0 on every one. Trained on prefixes, it sees a sequence end at every depth.
     """
 
     kind = "crf"
@@ -268,7 +287,8 @@ class CRFPolicy(StopPolicy):
         return [{_CRF_BIAS: 1.0, **dict(zip(names, row))} for row in rows.tolist()]
 
     def fit(self, X: Any, y: Any) -> CRFPolicy:
-        """Fit on the full layer sequences; labels become the crfsuite strings "0"/"1"."""
+        """Fit on every prefix 1..l of every layer sequence (l = 1..n_layers), the sequences
+        `predict` decodes; labels become the crfsuite strings "0"/"1"."""
         X = _check_X(X, len(_check_features(self.features)))
         y = _check_y(y, X)
         _check_both_classes(y)
@@ -277,11 +297,18 @@ class CRFPolicy(StopPolicy):
             crf = sklearn_crfsuite.CRF(algorithm="lbfgs", c1=self.c1, c2=self.c2,
                                        max_iterations=self.max_iterations,
                                        model_filename=str(model_path))
-            crf.fit([self._items(seq) for seq in X], [[str(v) for v in seq] for seq in y])
+            items, labels = [], []
+            for seq, seq_labels in zip(X, y):
+                seq_items, seq_tags = self._items(seq), [str(v) for v in seq_labels]
+                for end in range(1, len(seq_items) + 1):
+                    items.append(seq_items[:end])
+                    labels.append(seq_tags[:end])
+            crf.fit(items, labels)
             model_bytes = model_path.read_bytes()
         self._open_tagger(model_bytes)
         self.n_layers_ = X.shape[1]
         self.n_features_in_ = X.shape[2]
+        self._learn_first_check(X)
         return self
 
     def _open_tagger(self, model_bytes: bytes) -> None:
@@ -310,14 +337,19 @@ class CRFPolicy(StopPolicy):
         for prompt, seq in enumerate(X):
             items = self._items(seq)
             for layer in range(len(items)):
-                decisions[prompt, layer] = self._tagger.tag(items[: layer + 1])[-1] == "1"
+                decisions[prompt, layer] = self._exit_last(items[: layer + 1])
         return decisions
 
     def should_exit(self, trace: Any) -> bool:
         """Decision after the last layer of ``trace`` (n_layers_so_far, n_features)."""
         check_is_fitted(self)
         trace = _check_trace(trace, self.n_features_in_)
-        return self._tagger.tag(self._items(trace))[-1] == "1"
+        return self._exit_last(self._items(trace))
+
+    def _exit_last(self, items: list[dict[str, float]]) -> bool:
+        """P(last label = 1 | items) > 0.5, by forward-backward over the prefix ``items``."""
+        self._tagger.set(items)
+        return self._tagger.marginal("1", len(items) - 1) > 0.5
 
     def _save_state(self, directory: Path) -> dict:
         check_is_fitted(self)
@@ -364,6 +396,7 @@ class GapThresholdPolicy(StopPolicy):
             _check_y(y, X)
         self.n_layers_ = X.shape[1]
         self.n_features_in_ = 1
+        self._learn_first_check(X)
         return self
 
     def decision_function(self, X: Any) -> np.ndarray:
@@ -450,4 +483,9 @@ def load_policy(directory: str | Path, expected_identity: dict | None = None) ->
     policy._load_state(directory, config)
     if config["n_layers"] is not None:
         policy.n_layers_ = config["n_layers"]
+        if "first_check" in config:  # older policies have none: they check every layer
+            try:
+                policy.first_check_ = check_first_check(config["first_check"], config["n_layers"])
+            except ValueError as error:
+                raise PolicyFileError(f"{directory / CONFIG_NAME}: {error}") from None
     return policy

@@ -15,8 +15,8 @@ import numpy as np
 
 from adainfer.calibration import CalibratedPolicy, exits_at, learn_then_test
 from adainfer.collect import Collection
-from adainfer.evaluate import (evaluate_decisions, evaluate_policy, first_accepted_layer, oracle_exit_layers,
-                               reads_candidates_only, training_labels)
+from adainfer.decisions import oracle_exit_layers, policy_first_check
+from adainfer.evaluate import evaluate_policy, fit_on
 from adainfer.features import PAPER_FEATURES
 from adainfer.harness import SettingData
 from adainfer.policies import CRFPolicy, GapThresholdPolicy, SVMPolicy, StopPolicy
@@ -59,22 +59,27 @@ def _setting_columns(data: SettingData) -> dict[str, object]:
 def score(policy: StopPolicy, train: Collection, evaluation: Collection) -> dict[str, object]:
     """Fit `policy` on `train` and replay it on `evaluation`; an untrainable policy gives its reason.
 
-    Also replays it under the check schedule learned from `train` (no check before the first
-    layer it ever accepted there), as the `scheduled_*` figures.
+    Replays it twice: checking every layer, and under the check schedule its fit learned (no lens
+    before `first_check`, the earliest layer it accepted on `train`), as the `scheduled_*` figures,
+    which are what a live `predict` with this policy measures.
     """
-    try:
-        policy.fit(train.select(policy.features), training_labels(policy, train))
-    except ValueError as error:
-        return {"error": str(error).splitlines()[0]}
-    decisions = policy.predict(evaluation.select(policy.features))
-    candidates_only = reads_candidates_only(policy, evaluation)
-    report = _with_oracle_share(evaluate_decisions(decisions, evaluation, candidates_only).to_dict())
-    first_check = first_accepted_layer(policy, train)
-    scheduled = evaluate_decisions(decisions, evaluation, candidates_only, first_check).to_dict()
-    report.update({"first_check": first_check, "scheduled_accuracy_change": scheduled["accuracy_change"],
-                   "scheduled_layers_saved": scheduled["layers_saved"],
-                   "scheduled_honest_flops_ratio": scheduled["honest_flops_ratio"]})
+    if (error := _fit(policy, train)) is not None:
+        return {"error": error}
+    every_layer = evaluate_policy(policy, evaluation)
+    first_check = policy_first_check(policy)
+    scheduled = evaluate_policy(policy, evaluation, first_check)
+    report = _with_oracle_share(every_layer.to_dict())
+    report.update({"train_prompts": len(train), "first_check": first_check,
+                   **{f"scheduled_{key}": scheduled.to_dict()[key] for key in SCHEDULED_FIGURES}})
+    # Per-prompt values, for intervals over several settings (`tables.summarise`); never written.
+    report["_per_prompt"] = {**every_layer.per_prompt,
+                             **{f"scheduled_{key}": values for key, values in scheduled.per_prompt.items()}}
     return report
+
+
+# What the `scheduled_*` columns repeat from a replay under the learned check schedule.
+SCHEDULED_FIGURES: tuple[str, ...] = ("accuracy_change", "agreement_with_dense", "layers_saved",
+                                      "honest_flops_ratio", "mean_lens_reads")
 
 
 def _with_oracle_share(report: dict) -> dict:
@@ -83,22 +88,27 @@ def _with_oracle_share(report: dict) -> dict:
     return report
 
 
+ORACLE = "stable-answer oracle"
+
+
 def dense_and_oracle(data: SettingData) -> list[dict[str, object]]:
-    """The full model, and the oracle exit (earliest layer whose top-1 stays the final one)."""
+    """The full model, and the stable-answer oracle: each prompt exits at the earliest layer from
+    which its top-1 stays the final one (it keeps every dense answer; it is not a bound on what a
+    policy can save at equal accuracy)."""
     evaluation = data.eval
     cost_layers = evaluation.top1.shape[1]
     dense_correct = evaluation.top1[:, -1] == evaluation.gold
     oracle = oracle_exit_layers(evaluation.top1)
-    common = {**_setting_columns(data), "prompts": len(evaluation),
-              "dense_accuracy": round(float(dense_correct.mean()), 4)}
+    common = {**_setting_columns(data), "prompts": len(evaluation), "train_prompts": len(data.train),
+              "dense_accuracy": round(float(dense_correct.mean()), 4), "accuracy": round(float(dense_correct.mean()), 4),
+              "accuracy_change": 0.0, "agreement_with_dense": 1.0}
     layer_acc = (evaluation.top1 == evaluation.gold[:, None]).mean(axis=0)
     return [
-        {**common, "method": "dense", "accuracy": common["dense_accuracy"], "accuracy_change": 0.0,
-         "mean_exit_layer": float(cost_layers), "var_exit_layer": 0.0, "layers_saved": 0.0,
-         "paper_flops_ratio": 1.0, "honest_flops_ratio": 1.0,
+        {**common, "method": "dense", "mean_exit_layer": float(cost_layers), "var_exit_layer": 0.0,
+         "layers_saved": 0.0, "paper_flops_ratio": 1.0, "honest_flops_ratio": 1.0, "mean_lens_reads": 1.0,
          "best_layer_accuracy": round(float(layer_acc.max()), 4)},
-        {**common, "method": "oracle", "accuracy": common["dense_accuracy"], "accuracy_change": 0.0,
-         "mean_exit_layer": round(float(oracle.mean()), 4), "var_exit_layer": round(float(oracle.var()), 4),
+        {**common, "method": ORACLE, "mean_exit_layer": round(float(oracle.mean()), 4),
+         "var_exit_layer": round(float(oracle.var()), 4),
          "layers_saved": round(float(1 - oracle.mean() / cost_layers), 4), "saved_of_oracle": 1.0},
     ]
 
@@ -123,7 +133,7 @@ def factor_rows(data: SettingData) -> list[dict]:
 def _fit(policy: StopPolicy, train: Collection) -> str | None:
     """Fit `policy` on `train`; the first line of the reason when it cannot be trained there."""
     try:
-        policy.fit(train.select(policy.features), training_labels(policy, train))
+        fit_on(policy, train)
     except ValueError as error:
         return str(error).splitlines()[0]
     return None
@@ -180,7 +190,8 @@ def model_transfer_rows(models: Mapping[str, Sequence[SettingData]],
                     if error is not None:
                         rows.append({**row, "error": error})
                         continue
-                    report = _with_oracle_share(evaluate_policy(policy, target.eval).to_dict())
+                    replay = evaluate_policy(policy, target.eval)
+                    report = {**_with_oracle_share(replay.to_dict()), "_per_prompt": replay.per_prompt}
                     rows.append({**row, **report})
     return rows
 
@@ -195,35 +206,47 @@ def calibration_rows(data: SettingData, epsilon: float, delta: float, splits: in
                      seed: int = 0) -> dict[str, object]:
     """Check the Learn-then-Test guarantee on one setting over random calibration/test splits.
 
-    The label-free scorer is fitted once on the train traces; each split calibrates on half of
-    the eval prompts and measures, on the other half, how many answers differ from the full
-    model's. The guarantee holds empirically when the fraction of splits with that rate <= epsilon
-    is at least 1 - delta.
+    The label-free scorer is fitted once on the train traces, which also fix the threshold grid
+    (`CalibratedPolicy.threshold_grid_`) before any eval prompt is scored. Each split calibrates
+    on half of the eval prompts and measures, on the other half, how many answers differ from the
+    full model's. A split certifies some early exit when its threshold is finite and at least one
+    test prompt exits before the last layer; a split that certifies none keeps any promise
+    trivially, so `fraction_within_epsilon` counts only the certifying splits (None when there are
+    none) and `fraction_within_epsilon_all_splits` is the vacuous overall figure. The guarantee
+    holds empirically when `fraction_within_epsilon` is at least 1 - delta.
     """
     policy = CalibratedPolicy(tuple(features)).fit(data.train.select(features), data.train.top1)
     scores = policy.margins(data.eval.select(features))
     rng = np.random.default_rng(seed)
-    risks, saved, certified, accuracy_changes = [], [], [], []
+    risks, saved, finite, exited, accuracy_changes = [], [], [], [], []
     layers = data.eval.top1.shape[1]
     oracle_saved = 1 - oracle_exit_layers(data.eval.top1).mean() / layers
+    calibration_prompts = len(data.eval) // 2
     for _ in range(splits):
         order = rng.permutation(len(data.eval))
-        calibration, test = order[: len(order) // 2], order[len(order) // 2:]
-        certificate = learn_then_test(scores[calibration], data.eval.top1[calibration], epsilon, delta)
-        exits = exits_at(scores[test], certificate.threshold)
+        calibration, test = order[:calibration_prompts], order[calibration_prompts:]
+        certificate = learn_then_test(scores[calibration], data.eval.top1[calibration], epsilon, delta,
+                                      policy.threshold_grid_, policy.first_check)
+        exits = exits_at(scores[test], certificate.threshold, policy.first_check)
         top1, gold = data.eval.top1[test], data.eval.gold[test]
         answers = top1[np.arange(len(test)), exits - 1]
         risks.append(float((answers != top1[:, -1]).mean()))
         accuracy_changes.append(float((answers == gold).mean() - (top1[:, -1] == gold).mean()))
         saved.append(float(1 - exits.mean() / layers))
-        certified.append(bool(np.isfinite(certificate.threshold)))
+        finite.append(bool(np.isfinite(certificate.threshold)))
+        exited.append(bool((exits < layers).any()))
     risks_array = np.array(risks)
+    within = risks_array <= epsilon
+    certifying = np.array(finite) & np.array(exited)
     return {**_setting_columns(data), "method": "calibrated-svm", "features": ", ".join(features),
-            "epsilon": epsilon, "delta": delta, "splits": splits, "calibration_prompts": len(data.eval) // 2,
-            "fraction_within_epsilon": round(float((risks_array <= epsilon).mean()), 4),
+            "epsilon": epsilon, "delta": delta, "splits": splits, "calibration_prompts": calibration_prompts,
+            "test_prompts": len(data.eval) - calibration_prompts,
+            "splits_with_early_exits": int(np.sum(exited)),
+            "splits_certifying_exits": int(certifying.sum()),
+            "fraction_within_epsilon": round(float(within[certifying].mean()), 4) if certifying.any() else None,
+            "fraction_within_epsilon_all_splits": round(float(within.mean()), 4),
             "mean_disagreement": round(float(risks_array.mean()), 4),
             "p95_disagreement": round(float(np.quantile(risks_array, 0.95)), 4),
-            "splits_with_early_exits": round(float(np.mean(certified)), 4),
             "accuracy_change": round(float(np.mean(accuracy_changes)), 4),
             "layers_saved": round(float(np.mean(saved)), 4),
             "saved_of_oracle": round(float(np.mean(saved) / oracle_saved), 4) if oracle_saved > 0 else None}
