@@ -180,8 +180,8 @@ def main() -> None:
                     for layer in layers(args.fast_exit_layer)})
     if args.policy:
         policy = load_policy(args.policy, expected_identity=model.identity())
-        methods[f"fast policy={args.policy} min_exit_layer={args.min_exit_layer}"] = dict(
-            mode="fast", policy=policy, min_exit_layer=args.min_exit_layer)
+        methods[f"fast policy={args.policy} first_check={args.first_check}"] = dict(
+            mode="fast", policy=policy, first_check=args.first_check)
     prompts = build_prompts(args.prompts, args.seed)
 
     generate(model, "Warm-up.", 4, mode="lossless")  # first calls allocate and pick kernels

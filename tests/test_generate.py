@@ -141,10 +141,10 @@ def test_state_propagation_runs_attention_but_never_the_mlp_of_skipped_layers(mo
     assert decoder.layer_lengths() == [4, 4, 4, 4]
 
 
-def test_policy_exit_in_fast_mode_reads_the_lens_from_min_exit_layer(models):
+def test_policy_exit_in_fast_mode_reads_the_lens_from_first_check(models):
     model = models("llama")
     always = GapThresholdPolicy(threshold=-1.0)
-    result = generate(model, PROMPTS[0], 6, mode="fast", policy=always, min_exit_layer=3)
+    result = generate(model, PROMPTS[0], 6, mode="fast", policy=always, first_check=3)
     assert result.exit_layers[1:] == [3] * 5
     assert result.lens_rows == 1 + 5  # the prompt's last position, then one read per token
 
@@ -258,3 +258,12 @@ def test_lossless_on_gemma_equals_hf_greedy_and_drafts_are_accepted():
             assert result.token_ids == expected
             assert_cache_consistent(gemma, prompt, result)
         assert result.mean_accepted_length > 0
+
+
+def test_generation_walks_the_policys_learned_schedule(models):
+    model = models("llama")
+    scheduled = GapThresholdPolicy(threshold=-1.0)
+    scheduled.first_check_ = 2  # as if fitted: no training prompt accepted before layer 2
+    result = generate(model, PROMPTS[0], 4, mode="fast", policy=scheduled)
+    assert result.exit_layers[1:] == [2] * 3
+    assert result.lens_rows == 1 + 3  # no lens at layer 1: one read per token, at layer 2

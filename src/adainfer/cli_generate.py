@@ -33,7 +33,8 @@ def generate_command(
     policy_dir: Annotated[Path | None, typer.Option("--policy", "-p", help="Stop-policy directory choosing each token's exit layer.")] = None,
     draft_layer: Annotated[int | None, typer.Option(help="Fixed draft layer (lossless; default: the last) or exit layer (fast).")] = None,
     stop: Annotated[list[str] | None, typer.Option(help="Stop once the output contains this string (repeatable); streamed, then cut from the text.")] = None,
-    min_exit_layer: Annotated[int, typer.Option(help="First layer whose lens the policy reads.")] = 1,
+    first_check: Annotated[int | None, typer.Option(help="First layer at which the policy is asked (1-based); "
+                                                    "default: the schedule the policy learned.")] = None,
     model: ModelOption = None,
     cache_dir: CacheOption = None,
 ) -> None:
@@ -41,7 +42,7 @@ def generate_command(
     loaded = _load(model, cache_dir)
     policy = load_policy(policy_dir, expected_identity=loaded.identity()) if policy_dir else None
     result = generate(loaded, prompt, max_new_tokens, mode=mode, policy=policy, draft_layer=draft_layer,
-                      stop=stop, min_exit_layer=min_exit_layer, on_token=_show)
+                      stop=stop, first_check=first_check, on_token=_show)
     sys.stdout.write("\n")
     summary = {"mode": result.mode, "tokens": len(result.token_ids), "finish_reason": result.finish_reason,
                "tokens_per_second": round(result.tokens_per_second, 2), "seconds": round(result.seconds, 3),

@@ -28,13 +28,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from transformers import DynamicCache
 
 from adainfer.executor import LayerExecutor, LayerInputs
-from adainfer.features import FeatureReader
+from adainfer.walk import walk
 from adainfer.families import resolve
 from adainfer.model import EarlyExitModel
 
@@ -198,13 +197,12 @@ class KVDecoder:
 
     @torch.no_grad()
     def early_pass(self, token_id: int, exit_layer: int | None = None, policy: StopPolicy | None = None,
-                   min_exit_layer: int = 1, fill: bool = True, draft_head: DraftHead | None = None) -> EarlyStep:
+                   first_check: int | None = None, fill: bool = True, draft_head: DraftHead | None = None) -> EarlyStep:
         """Feed one token until `exit_layer` (fixed, 1..L) or until `policy` accepts; choose the next token.
 
-        With a policy, the lens is read after every layer from `min_exit_layer` on and the policy
-        sees the features of the layers read so far (from that layer on: right for per-layer
-        policies such as SVM and gap rules; a CRF was trained on traces from layer 1); the last
-        layer always answers. With `fill`, the skipped layers get K/V by state propagation (module
+        With a policy, layers are walked as in prediction (`adainfer.walk`): the lens is read from
+        the policy's learned `first_check_` (or `first_check` when given) on, the policy sees the
+        features of the layers checked, and the last layer always answers. With `fill`, the skipped layers get K/V by state propagation (module
         docstring); without it they are left short, which only a caller that crops them before
         they are read may do. `draft_head` replaces the full lens for a fixed exit layer.
         """
@@ -219,7 +217,7 @@ class KVDecoder:
             token = draft_head.argmax(last) if draft_head else int(self.executor.lens(last).argmax())
             exit_at, checks = exit_layer, 1
         else:
-            hidden, token, exit_at, checks = self._run_until_policy(inputs, policy, min_exit_layer)
+            hidden, token, exit_at, checks = self._run_until_policy(inputs, policy, first_check)
         filled = 0
         if fill and exit_at < self.num_layers:
             self._fill_from_state(hidden, inputs, exit_at)
@@ -252,21 +250,11 @@ class KVDecoder:
         return (self.executor if len(token_ids) == 1 else self._many_rows_lens).lens(hidden[0])
 
     def _run_until_policy(self, inputs: LayerInputs, policy: StopPolicy,
-                          min_exit_layer: int) -> tuple[torch.Tensor, int, int, int]:
-        """Layers one at a time, reading the lens from `min_exit_layer`; (hidden, token, exit layer, reads)."""
-        hidden = inputs.embeddings
-        rows: list[np.ndarray] = []
-        start = max(1, min(min_exit_layer, self.num_layers)) - 1  # layers before it are never read
-        hidden = self.executor.run_layers(hidden, inputs, 0, start)
-        with FeatureReader(self.executor, policy.features) as reader:
-            reader.reset(hidden)
-            for layer in range(start, self.num_layers):
-                hidden = self.executor.run_layers(hidden, inputs, layer, layer + 1)
-                readout = reader.read(layer, hidden)
-                rows.append(readout.features[0].numpy())
-                if layer + 1 < self.num_layers and policy.should_exit(np.stack(rows)):
-                    break
-        return hidden, int(readout.top1[0]), layer + 1, len(rows)
+                          first_check: int | None) -> tuple[torch.Tensor, int, int, int]:
+        """The one depth loop (`walk`) on this position; (exit layer's output, token, exit layer, lens reads)."""
+        walked = walk(self.executor, inputs, policy, keep_exit_hidden=True, first_check=first_check)
+        reads = walked.exits[0] - walked.first_read + 1
+        return walked.exit_hidden[0][None], walked.top1[0][-1], walked.exits[0], reads
 
     def _fill_from_state(self, hidden: torch.Tensor, inputs: LayerInputs, start: int) -> None:
         """Write K/V of layers start..L-1 for this position from `hidden`, running attention blocks only."""

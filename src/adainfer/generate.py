@@ -187,15 +187,16 @@ def ascii_character_tokens(model: EarlyExitModel) -> list[int]:
 
 def generate(model: EarlyExitModel, prompt: str, max_new_tokens: int, mode: str = "lossless",
              policy: StopPolicy | None = None, draft_layer: int | None = None,
-             stop: str | Sequence[str] | None = None, min_exit_layer: int = 1,
+             stop: str | Sequence[str] | None = None, first_check: int | None = None,
              draft_vocab: int | Sequence[int] | None = DEFAULT_DRAFT_VOCAB, initial_draft: int = 4,
              on_token: Callable[[GeneratedToken], None] | None = None) -> GenerationResult:
     """Generate up to `max_new_tokens` tokens after `prompt` greedily, with early exit.
 
     mode: "lossless" (draft early, verify at full depth; equals dense greedy decoding) or "fast"
         (each token from its exit layer, never verified).
-    policy: a stop policy (`predict.StopPolicy`) choosing each token's exit layer; the lens is read
-        after every layer from `min_exit_layer` on. Otherwise `draft_layer` (1..L) is the fixed
+    policy: a stop policy (`predict.StopPolicy`) choosing each token's exit layer, walked as in
+        prediction: the lens is read from its learned check schedule (`first_check_`) on, or from
+        `first_check` when given. Otherwise `draft_layer` (1..L) is the fixed
         exit layer of every draft (lossless) or of every token (fast, where it has no default).
         The lossless default is L: on Gemma 3 270M the lens of earlier layers agrees with the last
         layer too rarely for shallower drafts to pay (results/generation-gemma3-270m.md).
@@ -245,10 +246,10 @@ def generate(model: EarlyExitModel, prompt: str, max_new_tokens: int, mode: str 
             else:
                 first_ids, extra_ids = 0, list(draft_vocab)
             draft_head = DraftHead(model, first_ids, extra_ids + prompt_ids)
-        decoder, counts = _lossless(model, prompt_ids, output, policy, draft_layer, min_exit_layer,
+        decoder, counts = _lossless(model, prompt_ids, output, policy, draft_layer, first_check,
                                     draft_head, initial_draft)
     else:
-        decoder, counts = _fast(model, prompt_ids, output, policy, draft_layer, min_exit_layer)
+        decoder, counts = _fast(model, prompt_ids, output, policy, draft_layer, first_check)
     return GenerationResult(
         text=output.text, token_ids=output.token_ids, exit_layers=output.exit_layers, mode=mode,
         num_layers=model.num_layers, prompt_tokens=len(prompt_ids), finish_reason=output.finish_reason,
@@ -286,14 +287,14 @@ def _count_dense(counts: dict[str, Any], decoder: KVDecoder, first_context: int,
 
 
 def _fast(model: EarlyExitModel, prompt_ids: list[int], output: _Output, policy: StopPolicy | None,
-          exit_layer: int | None, min_exit_layer: int) -> tuple[KVDecoder, dict[str, Any]]:
+          exit_layer: int | None, first_check: int | None) -> tuple[KVDecoder, dict[str, Any]]:
     decoder = KVDecoder(model)
     counts: dict[str, Any] = {"layer_passes": 0, "attention_only_passes": 0, "lens_rows": 0,
                               "flops_units": 0, "dense_flops_units": 0}
     token = _prefill(decoder, prompt_ids, output, counts)
     while token is not None:
         step = decoder.early_pass(token, exit_layer=None if policy else exit_layer, policy=policy,
-                                  min_exit_layer=min_exit_layer, fill=True)
+                                  first_check=first_check, fill=True)
         _count_early(counts, step, decoder)
         _count_dense(counts, decoder, decoder.length, 1)
         token = None if output.emit(step.token_id, step.exit_layer) else step.token_id
@@ -301,7 +302,7 @@ def _fast(model: EarlyExitModel, prompt_ids: list[int], output: _Output, policy:
 
 
 def _lossless(model: EarlyExitModel, prompt_ids: list[int], output: _Output, policy: StopPolicy | None,
-              draft_layer: int | None, min_exit_layer: int, draft_head: DraftHead | None,
+              draft_layer: int | None, first_check: int | None, draft_head: DraftHead | None,
               initial_draft: int) -> tuple[KVDecoder, dict[str, Any]]:
     """Draft-then-verify rounds.
 
@@ -329,7 +330,7 @@ def _lossless(model: EarlyExitModel, prompt_ids: list[int], output: _Output, pol
         for _ in range(min(draft_size, output.remaining)):
             fed.append(drafts[-1] if drafts else token)
             step = decoder.early_pass(fed[-1], exit_layer=None if policy else draft_layer, policy=policy,
-                                      min_exit_layer=min_exit_layer, fill=policy is not None,
+                                      first_check=first_check, fill=policy is not None,
                                       draft_head=draft_head)
             _count_early(counts, step, decoder, draft_head)
             drafts.append(step.token_id)
