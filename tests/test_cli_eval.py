@@ -151,3 +151,34 @@ def test_transfer_needs_two_models_with_a_shared_setting(evaluated, tmp_path):
     model_folder = next((work / "runs").iterdir())
     assert_clean_error(invoke("transfer", model_folder, "--out", tmp_path), "at least two")
     assert_clean_error(invoke("transfer", f"x={model_folder}", f"x={model_folder}", "--out", tmp_path), "given twice")
+
+
+def test_exported_traces_rebuild_the_same_tables_and_take_a_cost_profile(evaluated, tiny_llama_dir):
+    work, _ = evaluated
+    [model_folder] = (work / "runs").glob("LlamaForCausalLM-*")
+    ok("export-traces", model_folder, "--out", work / "traces")
+    assert sorted(path.name for path in (work / "traces").glob("*/*/*.npz")) == ["eval.npz", "eval.npz",
+                                                                                 "train.npz", "train.npz"]
+    ok("report", work / "traces", "--out", work / "from-traces")
+    ok("report", model_folder, "--out", work / "from-cache")
+    for name in ("tasks.csv", "calibration.csv", "provenance.json"):
+        assert (work / "from-traces" / name).read_bytes() == (work / "from-cache" / name).read_bytes(), name
+    ok("profile", "--model", tiny_llama_dir, "--cache-dir", work / "cache", "--seq-lens", "4,8", "--repeats", 1,
+       "-o", work / "traces" / "cost_profile.json")
+    ok("report", work / "traces", "--out", work / "timed")
+    timed = json.loads((work / "timed" / "tasks.json").read_text())["rows"]
+    assert any(isinstance(row.get("estimated_time_ratio"), float) for row in timed)
+
+
+def test_report_refuses_a_cost_profile_of_another_model(evaluated, tmp_path):
+    work, _ = evaluated
+    [model_folder] = (work / "runs").glob("LlamaForCausalLM-*")
+    profile = {"model_identity": {"architecture": "Other", "num_layers": 4, "head_sha256": "x"}, "device": "cpu",
+               "torch_threads": 1, "seq_lens": [4], "layer_seconds": [1.0], "full_check_seconds": [1.0],
+               "candidate_check_seconds": [1.0], "dense_seconds": [1.0], "candidate_count": 4, "repeats": 1}
+    (tmp_path / "other.json").write_text(json.dumps(profile))
+    result = invoke("report", model_folder, "--out", tmp_path / "out", "--cost-profile", tmp_path / "other.json")
+    assert_clean_error(result, "measured on another model")
+    (tmp_path / "bad.json").write_text("{not json")
+    assert_clean_error(invoke("report", model_folder, "--out", tmp_path / "out", "--cost-profile",
+                              tmp_path / "bad.json"), "not a cost profile")

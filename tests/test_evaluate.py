@@ -81,3 +81,17 @@ def test_candidate_policies_learn_and_are_scored_by_the_best_candidate():
     report = evaluate_policy(cheap, collection)  # never accepts: answers are the last layer's best candidate
     assert report.accuracy == 0.5 and report.dense_accuracy == 0.5
     assert report.honest_flops_ratio < 1.0  # two head rows per check, no full head at all
+
+
+def test_a_measured_profile_prices_layers_and_lens_reads_in_seconds():
+    from adainfer.cost_profile import CostProfile
+
+    collection = _collection(gaps=[[0.1, 0.9, 0.9, 0.9], [0.9, 0.1, 0.1, 0.1]],
+                             top1=[[1, 2, 2, 2], [4, 3, 3, 3]], gold=[2, 3])
+    profile = CostProfile(model_identity=collection.model_identity, device="cpu", torch_threads=1, seq_lens=(1, 100),
+                          layer_seconds=(1.0, 1.0), full_check_seconds=(0.5, 0.5),
+                          candidate_check_seconds=(0.01, 0.01), dense_seconds=(4.5, 4.5))
+    report = evaluate_policy(GapThresholdPolicy(threshold=0.8), collection, profile=profile)
+    # Exits at 2 and 1 with 2 and 1 reads: (2 + 1) / 4.5 and (1 + 0.5) / 4.5 of the dense 4 layers + 1 check.
+    assert report.estimated_time_ratio == pytest.approx((3 / 4.5 + 1.5 / 4.5) / 2)
+    assert evaluate_policy(GapThresholdPolicy(threshold=0.8), collection).estimated_time_ratio is None

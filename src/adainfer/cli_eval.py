@@ -18,6 +18,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from adainfer.calibration import CalibratedPolicy
 from adainfer.cli import CacheOption, ModelOption, _clean_errors, _features, _load, app, err
 from adainfer.collect import load_collection
+from adainfer.cost_profile import CostProfile
 from adainfer.harness import (HarnessError, check_settings, collect_setting, export_setting, load_setting, model_slug,
                               settings_grid)
 from adainfer.report import model_transfer_rows
@@ -102,11 +103,34 @@ def report(
     out: Annotated[Path, typer.Option(help="Where tables and figures go.")],
     tasks: Annotated[str | None, typer.Option(help="Only these tasks (comma-separated). Default: all collected.")] = None,
     shots: Annotated[str | None, typer.Option(help="Only these numbers of demonstrations (comma-separated). Default: all collected.")] = None,
+    cost_profile: Annotated[Path | None, typer.Option(help="A measured cost profile of the model (`adainfer "
+                                                      "profile -o`) for the `estimated_time_ratio` columns. "
+                                                      "Default: RUNS/cost_profile.json when it exists.")] = None,
 ) -> None:
     """Rebuild tables and figures from collected traces, without loading the model."""
     folders = _setting_folders(runs, tasks, shots)
-    written = write_report([load_setting(folder) for folder in folders], out, _command_line(context))
+    settings = [load_setting(folder) for folder in folders]
+    profile = _cost_profile(cost_profile or Path(runs) / "cost_profile.json", settings, required=cost_profile is not None)
+    written = write_report(settings, out, _command_line(context), profile)
     err.print(f"{len(folders)} settings; wrote {len(written)} files under {out}")
+
+
+def _cost_profile(path: Path, settings: list, required: bool) -> CostProfile | None:
+    """The profile at `path` (None when absent and not `required`), checked against the traces' model."""
+    if not path.exists():
+        if required:
+            raise ValueError(f"{path}: no such cost profile")
+        return None
+    try:
+        profile = CostProfile.load(path)
+    except (ValueError, TypeError, UnicodeDecodeError) as error:
+        raise ValueError(f"{path}: not a cost profile ({error})") from None
+    traced = settings[0].eval.model_identity
+    if profile.model_identity != traced:
+        raise ValueError(f"{path} was measured on another model ({profile.model_identity.get('architecture')}, "
+                         f"head {profile.model_identity.get('head_sha256')}) than the traces "
+                         f"({traced.get('architecture')}, head {traced.get('head_sha256')})")
+    return profile
 
 
 @app.command("export-traces")

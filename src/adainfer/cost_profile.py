@@ -18,9 +18,7 @@ each the median of `repeats` runs after one warm-up, at each measured sequence l
 from __future__ import annotations
 
 import json
-import os
 import statistics
-import tempfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -30,6 +28,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from adainfer.files import write_text_atomic
 from adainfer.model import EarlyExitModel
 
 TIMES = ("layer_seconds", "full_check_seconds", "candidate_check_seconds", "dense_seconds")
@@ -120,16 +119,7 @@ class CostProfile:
 
     def save(self, path: str | Path) -> None:
         """Write JSON atomically: a reader sees the old file or the new one, never half of one."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        try:
-            with os.fdopen(handle, "w", encoding="utf-8") as file:
-                json.dump(self.to_dict(), file, indent=2)
-            os.replace(temporary, path)
-        except BaseException:
-            os.unlink(temporary)
-            raise
+        write_text_atomic(Path(path), json.dumps(self.to_dict(), indent=2))
 
     @classmethod
     def load(cls, path: str | Path) -> "CostProfile":

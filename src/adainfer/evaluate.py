@@ -14,6 +14,7 @@ import numpy as np
 
 from adainfer.collect import Collection
 from adainfer.cost import CostModel
+from adainfer.cost_profile import CostProfile
 from adainfer.decisions import exit_layers, lens_reads, oracle_exit_layers, reads_previous_lens, scheduled_decisions, stable_labels
 from adainfer.features import needs_full_vocab
 from adainfer.policies import StopPolicy
@@ -43,6 +44,7 @@ class PolicyReport:
     paper_flops_ratio: float
     honest_flops_ratio: float
     mean_lens_reads: float
+    estimated_time_ratio: float | None  # from a measured `CostProfile`, when one was given
     early_exits: int  # prompts that stopped before the last layer
     correct_early_exits: int
     # Per prompt, for intervals over several settings: correct minus dense-correct, layers saved.
@@ -100,20 +102,24 @@ def fit_on(policy: StopPolicy, collection: Collection) -> StopPolicy:
     return policy.fit(collection.select(policy.features), training_labels(policy, collection))
 
 
-def evaluate_policy(policy: StopPolicy, collection: Collection, first_check: int = 1) -> PolicyReport:
+def evaluate_policy(policy: StopPolicy, collection: Collection, first_check: int = 1,
+                    profile: CostProfile | None = None) -> PolicyReport:
     """Replay `policy` over `collection` (not the data it was fitted on), checking from `first_check`."""
     decisions = scheduled_decisions(policy, collection.select(policy.features), first_check)
     return evaluate_decisions(decisions, collection, reads_candidates_only(policy, collection), first_check,
-                              reads_previous_lens(policy.features))
+                              reads_previous_lens(policy.features), profile)
 
 
 def evaluate_decisions(decisions: np.ndarray, collection: Collection, candidates_only: bool,
-                       first_check: int = 1, reads_previous: bool = False) -> PolicyReport:
+                       first_check: int = 1, reads_previous: bool = False,
+                       profile: CostProfile | None = None) -> PolicyReport:
     """Score a policy's online decisions (prompts, layers), already made under `first_check`.
 
     Layers before `first_check` are not checked (a check schedule): no lens is paid there, except
     the layer just before it when the policy `reads_previous` lens (`agree_prev`). With
-    `candidates_only` each check pays |C| units and the answer is the best candidate.
+    `candidates_only` each check pays |C| units and the answer is the best candidate. With a
+    measured `profile` of the same model, `estimated_time_ratio` is the time those layers and
+    reads take, relative to the dense model, at each prompt's length.
     """
     if decisions[:, : first_check - 1].any():
         raise ValueError(f"decisions accept layers before first_check={first_check}")
@@ -129,6 +135,9 @@ def evaluate_decisions(decisions: np.ndarray, collection: Collection, candidates
     paper = [cost.paper_flops_ratio(int(e), int(s)) for e, s in zip(exits, collection.seq_len)]
     honest = [cost.honest_flops_ratio(int(e), int(s), int(c), check_units)
               for e, s, c in zip(exits, collection.seq_len, reads)]
+    timed = None if profile is None else float(np.mean([
+        profile.estimated_time_ratio(int(e), int(s), int(c), candidates_only)
+        for e, s, c in zip(exits, collection.seq_len, reads)]))
     correct = answers == collection.gold
     dense_correct = dense == collection.gold
     change = correct.astype(np.int8) - dense_correct.astype(np.int8)
@@ -153,6 +162,7 @@ def evaluate_decisions(decisions: np.ndarray, collection: Collection, candidates
         paper_flops_ratio=float(np.mean(paper)),
         honest_flops_ratio=float(np.mean(honest)),
         mean_lens_reads=float(reads.mean()),
+        estimated_time_ratio=timed,
         early_exits=int(early.sum()),
         correct_early_exits=int((early & correct).sum()),
         per_prompt={"accuracy_change": change, "layers_saved": saved},

@@ -15,6 +15,7 @@ import numpy as np
 
 from adainfer.calibration import CalibratedPolicy, exits_at, learn_then_test
 from adainfer.collect import Collection
+from adainfer.cost_profile import CostProfile
 from adainfer.decisions import oracle_exit_layers, policy_first_check
 from adainfer.evaluate import evaluate_policy, fit_on
 from adainfer.features import PAPER_FEATURES
@@ -56,18 +57,20 @@ def _setting_columns(data: SettingData) -> dict[str, object]:
             "seed": data.setting.seed}
 
 
-def score(policy: StopPolicy, train: Collection, evaluation: Collection) -> dict[str, object]:
+def score(policy: StopPolicy, train: Collection, evaluation: Collection,
+          profile: CostProfile | None = None) -> dict[str, object]:
     """Fit `policy` on `train` and replay it on `evaluation`; an untrainable policy gives its reason.
 
     Replays it twice: checking every layer, and under the check schedule its fit learned (no lens
     before `first_check`, the earliest layer it accepted on `train`), as the `scheduled_*` figures,
-    which are what a live `predict` with this policy measures.
+    which are what a live `predict` with this policy measures. A measured cost `profile` of the
+    model adds `estimated_time_ratio` to both.
     """
     if (error := _fit(policy, train)) is not None:
         return {"error": error}
-    every_layer = evaluate_policy(policy, evaluation)
+    every_layer = evaluate_policy(policy, evaluation, profile=profile)
     first_check = policy_first_check(policy)
-    scheduled = evaluate_policy(policy, evaluation, first_check)
+    scheduled = evaluate_policy(policy, evaluation, first_check, profile)
     report = _with_oracle_share(every_layer.to_dict())
     report.update({"train_prompts": len(train), "first_check": first_check,
                    **{f"scheduled_{key}": scheduled.to_dict()[key] for key in SCHEDULED_FIGURES}})
@@ -79,7 +82,7 @@ def score(policy: StopPolicy, train: Collection, evaluation: Collection) -> dict
 
 # What the `scheduled_*` columns repeat from a replay under the learned check schedule.
 SCHEDULED_FIGURES: tuple[str, ...] = ("accuracy_change", "agreement_with_dense", "layers_saved",
-                                      "honest_flops_ratio", "mean_lens_reads")
+                                      "honest_flops_ratio", "estimated_time_ratio", "mean_lens_reads")
 
 
 def _with_oracle_share(report: dict) -> dict:
@@ -113,14 +116,15 @@ def dense_and_oracle(data: SettingData) -> list[dict[str, object]]:
     ]
 
 
-def setting_rows(data: SettingData, methods: Sequence[Method] = PAPER_METHODS + OUR_METHODS) -> list[dict]:
+def setting_rows(data: SettingData, methods: Sequence[Method] = PAPER_METHODS + OUR_METHODS,
+                 profile: CostProfile | None = None) -> list[dict]:
     """Dense, oracle and each method on one setting (Tables 2 and 3)."""
     rows = dense_and_oracle(data)
     for method in methods:
         if method.needs_candidates and not data.eval.candidate_ids:
             continue
         rows.append({**_setting_columns(data), "method": method.name,
-                     **score(method.make(), data.train, data.eval)})
+                     **score(method.make(), data.train, data.eval, profile)})
     return rows
 
 

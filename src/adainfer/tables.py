@@ -18,23 +18,27 @@ import pandas as pd
 from adainfer.files import write_text_atomic
 
 if TYPE_CHECKING:
+    from adainfer.cost_profile import CostProfile
     from adainfer.harness import SettingData
 
 # What a reader of Tables 2/3 wants per (task, method), in order.
 SUMMARY_COLUMNS: tuple[str, ...] = (
     "dense_accuracy", "accuracy", "accuracy_change", "accuracy_change_low", "accuracy_change_high",
     "agreement_with_dense", "mean_exit_layer", "var_exit_layer", "layers_saved", "layers_saved_low",
-    "layers_saved_high", "saved_of_oracle", "paper_flops_ratio", "honest_flops_ratio", "mean_lens_reads",
+    "layers_saved_high", "saved_of_oracle", "paper_flops_ratio", "honest_flops_ratio", "estimated_time_ratio",
+    "mean_lens_reads",
     "first_check", "scheduled_accuracy_change", "scheduled_accuracy_change_low", "scheduled_accuracy_change_high",
     "scheduled_agreement_with_dense", "scheduled_layers_saved", "scheduled_layers_saved_low",
-    "scheduled_layers_saved_high", "scheduled_honest_flops_ratio", "scheduled_mean_lens_reads",
+    "scheduled_layers_saved_high", "scheduled_honest_flops_ratio", "scheduled_estimated_time_ratio",
+    "scheduled_mean_lens_reads",
 )
 # Issue 4's comparison: what each policy keeps, saves and costs, before and after the schedule.
 BEYOND_COLUMNS: tuple[str, ...] = (
     "regime", "task", "method", "accuracy_change", "accuracy_change_low", "accuracy_change_high",
     "agreement_with_dense", "layers_saved", "layers_saved_low", "layers_saved_high", "saved_of_oracle",
-    "paper_flops_ratio", "honest_flops_ratio", "first_check", "scheduled_accuracy_change",
+    "paper_flops_ratio", "honest_flops_ratio", "estimated_time_ratio", "first_check", "scheduled_accuracy_change",
     "scheduled_agreement_with_dense", "scheduled_layers_saved", "scheduled_honest_flops_ratio",
+    "scheduled_estimated_time_ratio",
 )
 # Every table of policies says what its columns mean.
 LEGEND = (
@@ -47,7 +51,9 @@ LEGEND = (
     "`saved_of_oracle`: layers saved / layers that oracle saves. `paper_flops_ratio`: the paper's eq. (2), per "
     "token, the head counted once. `honest_flops_ratio`: prefill FLOPs of the prompt through the layers "
     "run, plus one LM-head product (V units, |C| for candidate-only policies) per lens read, over the dense "
-    "model's (every layer, one head product). `mean_lens_reads`: lens products per prompt. `first_check`: the "
+    "model's (every layer, one head product). `estimated_time_ratio`: the same count priced by a measured "
+    "cost profile of the model (`adainfer profile`: seconds of one layer at the prompt's length, of one full "
+    "and one candidate check), empty without one. `mean_lens_reads`: lens products per prompt. `first_check`: the "
     "first layer the policy accepted on any training prompt; the `scheduled_*` figures read no lens before it "
     "(but the one before it for `agree_prev`) and are what a live `adainfer predict` measures.\n\n"
 )
@@ -140,7 +146,8 @@ def write_table(frame: pd.DataFrame, path_stem: Path, title: str, command: str, 
     return [csv_path, json_path, md_path]
 
 
-def write_report(settings: Sequence["SettingData"], out_dir: Path, command: str) -> list[Path]:
+def write_report(settings: Sequence["SettingData"], out_dir: Path, command: str,
+                 profile: "CostProfile | None" = None) -> list[Path]:
     """Every table and figure of the evaluation for `settings`, under `out_dir`; returns the paths.
 
     Tables 2/3 (per task and per group), 4 (a classifier trained on one task, applied to the
@@ -151,8 +158,8 @@ def write_report(settings: Sequence["SettingData"], out_dir: Path, command: str)
 
     out_dir = Path(out_dir)
     written: list[Path] = []
-    rows = [row for data in settings for row in report.setting_rows(data)]
-    origin = provenance(settings)
+    rows = [row for data in settings for row in report.setting_rows(data, profile=profile)]
+    origin = provenance(settings, profile)
     traced = (f"Traces: {len(settings)} settings, {sum(item['eval_prompts'] for item in origin['settings'])} eval "
               f"and {sum(item['train_prompts'] for item in origin['settings'])} train prompts in all, content "
               f"sha256 `{origin['traces_sha256'][:16]}` (per setting in `provenance.json`).\n\n")
@@ -224,13 +231,16 @@ def write_report(settings: Sequence["SettingData"], out_dir: Path, command: str)
     return written
 
 
-def provenance(settings: Sequence["SettingData"]) -> dict[str, object]:
+def provenance(settings: Sequence["SettingData"], profile: "CostProfile | None" = None) -> dict[str, object]:
     """What a set of tables was computed from: each setting's prompt counts and trace hash, the
-    hash of them all, and the versions of the libraries that fit and score the policies."""
+    hash of them all, the cost profile's machine, and the versions of the libraries that fit and
+    score the policies."""
     items = [{"setting": data.setting.name, "train_prompts": len(data.train), "eval_prompts": len(data.eval),
               "traces_sha256": data.content_sha256()} for data in settings]
     combined = hashlib.sha256("".join(item["traces_sha256"] for item in items).encode()).hexdigest()
-    return {"traces_sha256": combined, "settings": items,
+    measured = None if profile is None else {"device": profile.device, "torch_threads": profile.torch_threads,
+                                             "seq_lens": list(profile.seq_lens), "repeats": profile.repeats}
+    return {"traces_sha256": combined, "settings": items, "cost_profile": measured,
             "versions": {name: importlib.metadata.version(name) for name in PROVENANCE_PACKAGES}}
 
 
