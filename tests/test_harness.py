@@ -100,3 +100,20 @@ def test_closed_answer_tasks_collect_candidate_features_and_reload_without_the_m
 def test_too_few_demonstrations_name_the_setting(model, tmp_path):
     with pytest.raises(HarnessError, match="mmlu/10shot-seed0"):
         collect_setting(model, Setting("mmlu", shots=10), tmp_path / "runs", 1, 1)
+
+
+def test_a_cache_extended_by_a_larger_run_reports_on_the_prompts_of_its_setting(tmp_path):
+    from adainfer.collect import save_collection_npz
+    from adainfer.harness import Setting, SettingData, export_setting, load_setting
+    from test_report import synthetic
+
+    data = SettingData(Setting("a", 5), "toys", synthetic(40, 0), synthetic(30, 1))
+    folder = export_setting(data, tmp_path / "a" / "5shot-seed0")
+    save_collection_npz(synthetic(60, 0), folder / "train.npz")  # another run collected 20 more
+    loaded = load_setting(folder)
+    assert len(loaded.train) == 40 and len(loaded.eval) == 30
+    meta = json.loads((folder / "setting.json").read_text())
+    meta["eval_prompts"] = 31
+    (folder / "setting.json").write_text(json.dumps(meta))
+    with pytest.raises(HarnessError, match="eval_prompts=31"):
+        load_setting(folder)

@@ -190,10 +190,17 @@ def collect_setting(
 
         collect(model, prompts, rows, features, on_prompt=progress, candidate_ids=candidates)
         loaded[split] = load_collection(rows).subset(slice(0, len(prompts)))
-    (folder / "setting.json").write_text(json.dumps(
-        {"task": setting.task, "group": task.group, "shots": setting.shots, "seed": setting.seed,
-         "choices": list(task.choices or ())}, indent=1) + "\n")
-    return SettingData(setting, task.group, loaded["train"], loaded["eval"])
+    data = SettingData(setting, task.group, loaded["train"], loaded["eval"])
+    _write_setting_json(data, folder, task.choices)
+    return data
+
+
+def _write_setting_json(data: SettingData, folder: Path, choices: Sequence[str] | None = None) -> None:
+    """What the setting is and how many of its cached prompts this run used: a cache extended by
+    another run with larger limits still reports on exactly these (`load_setting`)."""
+    meta = {"task": data.setting.task, "group": data.group, "shots": data.setting.shots, "seed": data.setting.seed,
+            "choices": list(choices or ()), "train_prompts": len(data.train), "eval_prompts": len(data.eval)}
+    write_text_atomic(Path(folder) / "setting.json", json.dumps(meta, indent=1) + "\n")
 
 
 def load_setting(folder: Path) -> SettingData:
@@ -209,10 +216,17 @@ def load_setting(folder: Path) -> SettingData:
         group = str(meta["group"])
     except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError, ValueError) as error:
         raise HarnessError(f"{meta_path}: not a valid setting description ({type(error).__name__}: {error})") from None
-    if (folder / "train.npz").exists():
-        return SettingData(setting, group, load_collection_npz(folder / "train.npz"),
-                           load_collection_npz(folder / "eval.npz"))
-    return SettingData(setting, group, load_collection(folder / "train.jsonl"), load_collection(folder / "eval.jsonl"))
+    read = load_collection_npz if (folder / "train.npz").exists() else load_collection
+    suffix = ".npz" if read is load_collection_npz else ".jsonl"
+    splits = {}
+    for split in ("train", "eval"):
+        collection = read(folder / f"{split}{suffix}")
+        wanted = meta.get(f"{split}_prompts", len(collection))  # older caches: every prompt they hold
+        if not isinstance(wanted, int) or not 1 <= wanted <= len(collection):
+            raise HarnessError(f"{meta_path}: {split}_prompts={wanted!r}, but {folder / (split + suffix)} "
+                               f"holds {len(collection)} complete prompts")
+        splits[split] = collection.subset(slice(0, wanted))
+    return SettingData(setting, group, splits["train"], splits["eval"])
 
 
 def export_setting(data: SettingData, folder: Path) -> Path:
@@ -221,8 +235,7 @@ def export_setting(data: SettingData, folder: Path) -> Path:
     folder = Path(folder)
     save_collection_npz(data.train, folder / "train.npz")
     save_collection_npz(data.eval, folder / "eval.npz")
-    meta = {"task": data.setting.task, "group": data.group, "shots": data.setting.shots, "seed": data.setting.seed}
-    write_text_atomic(folder / "setting.json", json.dumps(meta, indent=1) + "\n")
+    _write_setting_json(data, folder)
     return folder
 
 
