@@ -8,7 +8,8 @@ export OMP_NUM_THREADS=1 MKL_NUM_THREADS=1
 adainfer eval --model smollm2-135m --tasks sst2,fv_abstractive,fv_extractive,relations,commonsense_qa,ag_news,mmlu \
   --shots 5 --limit 100 --train-limit 40 --out runs/report-smollm2
 adainfer eval --model smollm2-135m --tasks squad --shots 5 --limit 50 --train-limit 20 --out runs/report-smollm2-b
-adainfer report "$(ls -d runs/cache/LlamaForCausalLM-* | head -1)" --out results/smollm2-135m
-adainfer transfer "smollm2-135m=$(ls -d runs/cache/LlamaForCausalLM-* | head -1)" \
-  "gemma3-270m=$(ls -d runs/cache/Gemma3ForCausalLM-* | head -1)" \
-  "qwen2.5-coder-1.5b=$(ls -d runs/cache/Qwen2ForCausalLM-* | head -1)" --out results/inter_model
+adainfer export-traces "$(ls -d runs/cache/LlamaForCausalLM-* | head -1)" --out results/traces/smollm2-135m
+adainfer profile --model smollm2-135m --seq-lens 16,32,64,128,256,512,1024,2048 -o results/traces/smollm2-135m/cost_profile.json
+adainfer report results/traces/smollm2-135m --out results/smollm2-135m
+adainfer transfer smollm2-135m=results/traces/smollm2-135m gemma3-270m=results/traces/gemma3-270m \
+  qwen2.5-coder-1.5b=results/traces/qwen2.5-coder-1.5b --out results/inter_model

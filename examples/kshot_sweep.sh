@@ -14,5 +14,7 @@ first=$!
 adainfer eval --tasks ag_news,commonsense_qa --shots 10,15,20 "${common[@]}" --out runs/report-gemma-k2 &&
   adainfer eval --tasks relations --shots 10 "${common[@]}" --out runs/report-gemma-k3
 wait "$first"  # its exit status, so a failed collection stops the script
-adainfer report "$(ls -d runs/cache/Gemma3ForCausalLM-* | head -1)" --out results/gemma3-270m-kshot \
+traces=results/traces/gemma3-270m-kshot
+adainfer export-traces "$(ls -d runs/cache/Gemma3ForCausalLM-* | head -1)" --out "$traces" \
   --tasks sst2,ag_news,commonsense_qa,fv_abstractive,fv_extractive,relations --shots 5,10,15,20
+adainfer report "$traces" --out results/gemma3-270m-kshot --cost-profile results/traces/gemma3-270m/cost_profile.json

@@ -14,4 +14,7 @@ adainfer eval --model $model --tasks sst2,fv_abstractive,fv_extractive,relations
   --shots 5 --limit 100 --train-limit 40 --out runs/report-qwen-b
 adainfer eval --model $model --tasks mmlu --shots 5 --limit 50 --train-limit 20 --out runs/report-qwen-b2
 wait "$long_prompts"  # its exit status, so a failed collection stops the script
-adainfer report "$(ls -d runs/cache/Qwen2ForCausalLM-* | head -1)" --out results/qwen2.5-coder-1.5b
+traces=results/traces/qwen2.5-coder-1.5b
+adainfer export-traces "$(ls -d runs/cache/Qwen2ForCausalLM-* | head -1)" --out "$traces"
+adainfer profile --model $model --seq-lens 16,32,64,128,256,512,1024,2048 --repeats 3 -o "$traces/cost_profile.json"
+adainfer report "$traces" --out results/qwen2.5-coder-1.5b
