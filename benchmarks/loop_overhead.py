@@ -25,13 +25,13 @@ import torch
 from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
 from transformers import PreTrainedTokenizerFast
 
-from adainfer.batch import encode_batch
-from adainfer.features import FeatureReader
-from adainfer.loading import LoadedModel
-from adainfer.model import EarlyExitModel
+from adainfer.engine.batch import encode_batch
+from adainfer.engine.features import FeatureReader
+from adainfer.engine.loading import LoadedModel
+from adainfer.engine.model import EarlyExitModel
 from adainfer.policies import GapThresholdPolicy, SVMPolicy
-from adainfer.predict import predict_batch
-from adainfer.tiny_models import tiny_model
+from adainfer.inference.predict import predict_batch
+from adainfer.testing.tiny_models import tiny_model
 
 FEATURES = ("cand_gap", "cand_top_prob", "depth")
 

@@ -68,12 +68,12 @@ from typing import Any
 import numpy as np
 import torch
 
-from adainfer.batch import PaddedBatch, encode_batch
-from adainfer.harness import load_task
-from adainfer.model import EarlyExitModel
+from adainfer.engine.batch import PaddedBatch, encode_batch
+from adainfer.eval.harness import load_task
+from adainfer.engine.model import EarlyExitModel
 from adainfer.policies import SVMPolicy
-from adainfer.predict import predict, predict_batch
-from adainfer.tasks import build_prompts
+from adainfer.inference.predict import predict, predict_batch
+from adainfer.data.tasks import build_prompts
 from suite_report import markdown
 
 CANDIDATE_FEATURES = ("cand_gap", "cand_top_prob", "depth")

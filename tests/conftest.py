@@ -11,7 +11,7 @@ import torch
 from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
 from transformers import PreTrainedTokenizerFast
 
-from adainfer.tiny_models import VOCAB, tiny_model
+from adainfer.testing.tiny_models import VOCAB, tiny_model
 
 # Tiny models run ops of microseconds; with two threads on a loaded 2-core machine, thread
 # hand-offs cost milliseconds each.

@@ -3,12 +3,12 @@ import pytest
 import torch
 from conftest import char_tokenizer
 
-from adainfer.batch import check_layer_inputs, encode_batch, select_rows
-from adainfer.executor import LayerInputs
-from adainfer.loading import LoadedModel
-from adainfer.model import EarlyExitModel, PromptError
-from adainfer.predict import predict, predict_batch
-from adainfer.tiny_models import TINY_CONFIGS, tiny_model
+from adainfer.engine.batch import check_layer_inputs, encode_batch, select_rows
+from adainfer.engine.executor import LayerInputs
+from adainfer.engine.loading import LoadedModel
+from adainfer.engine.model import EarlyExitModel, PromptError
+from adainfer.inference.predict import predict, predict_batch
+from adainfer.testing.tiny_models import TINY_CONFIGS, tiny_model
 
 # Different lengths, different last characters; row 1 exits first, so a middle row leaves.
 PROMPTS = ["Q: the cat sat\nA:", "hi", "Q: a long and winding prompt about films\nA", "Q: dull!"]

@@ -5,11 +5,11 @@ import json
 import numpy as np
 import pytest
 
-from adainfer import report
+from adainfer.eval import experiments
 from adainfer.calibration import (CalibratedPolicy, RiskCertificate, binomial_p_value, exits_at, learn_then_test,
                                   stable_labels, threshold_grid)
-from adainfer.harness import Setting, SettingData
-from adainfer.evaluate import oracle_exit_layers
+from adainfer.eval.harness import Setting, SettingData
+from adainfer.eval.replay import oracle_exit_layers
 from adainfer.policies import load_policy
 
 LAYERS = 8
@@ -182,7 +182,7 @@ def _fixed_thresholds(monkeypatch, thresholds):
     def fake(scores, top1, epsilon, delta, grid, first_check=1):
         return RiskCertificate(epsilon, delta, len(scores), next(chosen), 0.0, 0.01, 1)
 
-    monkeypatch.setattr(report, "learn_then_test", fake)
+    monkeypatch.setattr(experiments, "learn_then_test", fake)
 
 
 def test_calibration_rows_test_the_grid_of_the_training_traces(monkeypatch):
@@ -192,10 +192,10 @@ def test_calibration_rows_test_the_grid_of_the_training_traces(monkeypatch):
         grids.append(grid)
         return learn_then_test(scores, top1, epsilon, delta, grid, first_check)
 
-    monkeypatch.setattr(report, "learn_then_test", recording)
+    monkeypatch.setattr(experiments, "learn_then_test", recording)
     data = _setting()
-    report.calibration_rows(data, 0.1, 0.1, splits=3)
-    report.calibration_rows(_setting(eval_seed=2, eval_prompts=60), 0.1, 0.1, splits=3)
+    experiments.calibration_rows(data, 0.1, 0.1, splits=3)
+    experiments.calibration_rows(_setting(eval_seed=2, eval_prompts=60), 0.1, 0.1, splits=3)
     features = ("gap", "top_prob", "depth", "agree_prev")
     policy = CalibratedPolicy(features).fit(data.train.select(features), data.train.top1)
     for grid in grids:  # the same grid whatever the eval traces
@@ -204,7 +204,7 @@ def test_calibration_rows_test_the_grid_of_the_training_traces(monkeypatch):
 
 def test_a_finite_threshold_that_no_test_prompt_passes_certifies_no_early_exit(monkeypatch):
     _fixed_thresholds(monkeypatch, [1e9])
-    row = report.calibration_rows(_setting(), epsilon=0.1, delta=0.1, splits=10)
+    row = experiments.calibration_rows(_setting(), epsilon=0.1, delta=0.1, splits=10)
     assert row["splits_with_early_exits"] == 0 and row["splits_certifying_exits"] == 0
     assert row["fraction_within_epsilon"] is None  # never the vacuous 1.0
     assert row["fraction_within_epsilon_all_splits"] == 1.0 and row["layers_saved"] == 0.0
@@ -215,7 +215,7 @@ def test_the_fraction_within_epsilon_counts_only_splits_that_exit_early(monkeypa
     # Alternate: no threshold (never exits, risk 0) and one below every score (every test prompt
     # exits at layer 1, whose top-1 is never the final one: risk 1).
     _fixed_thresholds(monkeypatch, [float("inf"), -1e9])
-    row = report.calibration_rows(_setting(), epsilon=0.1, delta=0.1, splits=10)
+    row = experiments.calibration_rows(_setting(), epsilon=0.1, delta=0.1, splits=10)
     assert row["splits_with_early_exits"] == 5 and row["splits_certifying_exits"] == 5
     assert row["fraction_within_epsilon"] == 0.0
     assert row["fraction_within_epsilon_all_splits"] == 0.5

@@ -11,12 +11,12 @@ from transformers import PhiConfig, PhiForCausalLM
 from typer.testing import CliRunner
 
 from adainfer.cli import app
-from adainfer.collect import load_collection
-from adainfer.harness import Setting, collect_setting, load_task, model_slug
-from adainfer.model import EarlyExitModel
+from adainfer.eval.collect import load_collection
+from adainfer.eval.harness import Setting, collect_setting, load_task, model_slug
+from adainfer.engine.model import EarlyExitModel
 from adainfer.policies import CRFPolicy, SVMPolicy
-from adainfer.tasks import read_prompts_jsonl
-from adainfer.tiny_models import tiny_model
+from adainfer.data.tasks import read_prompts_jsonl
+from adainfer.testing.tiny_models import tiny_model
 from conftest import char_tokenizer
 
 SPACE = 95  # the char tokenizer's id of " ": the gold token of every `Q: ..\nA:` prompt

@@ -5,8 +5,8 @@ from pathlib import Path
 from typer.testing import CliRunner
 
 from adainfer.cli import app
-from adainfer.cost_profile import CostProfile
-from adainfer.model import EarlyExitModel
+from adainfer.engine.cost_profile import CostProfile
+from adainfer.engine.model import EarlyExitModel
 
 runner = CliRunner()
 

@@ -3,9 +3,9 @@ import json
 import numpy as np
 import pytest
 
-from adainfer.collect import CollectionFileError, collect, load_collection
-from adainfer.model import EarlyExitModel
-from adainfer.tasks import LabelledPrompt
+from adainfer.eval.collect import CollectionFileError, collect, load_collection
+from adainfer.engine.model import EarlyExitModel
+from adainfer.data.tasks import LabelledPrompt
 
 FEATURES = ("gap", "top_prob", "depth")
 PROMPTS = [
@@ -193,7 +193,7 @@ def test_select_of_an_uncollected_feature_names_it(fresh_file):
 
 
 def test_npz_traces_read_back_to_the_same_arrays_and_hash(fresh_file, tmp_path):
-    from adainfer.collect import load_collection_npz, save_collection_npz
+    from adainfer.eval.collect import load_collection_npz, save_collection_npz
 
     collection = load_collection(fresh_file)
     back = load_collection_npz(save_collection_npz(collection, tmp_path / "traces.npz"))
@@ -205,7 +205,7 @@ def test_npz_traces_read_back_to_the_same_arrays_and_hash(fresh_file, tmp_path):
 
 @pytest.mark.parametrize("damage", ["garbage", "missing array", "wrong shape"])
 def test_a_damaged_npz_is_refused_with_its_name(fresh_file, tmp_path, damage):
-    from adainfer.collect import load_collection_npz, save_collection_npz
+    from adainfer.eval.collect import load_collection_npz, save_collection_npz
 
     path = tmp_path / "traces.npz"
     if damage == "garbage":

@@ -2,7 +2,7 @@
 
 import pytest
 
-from adainfer.cost import CostModel
+from adainfer.engine.cost import CostModel
 
 GEMMA = CostModel(num_layers=18, hidden_size=640, vocab_size=262_144)
 # L=4, h=8, V=100. At s=10 a layer is 2*(6*8+10) = 116 units per token, 1,160 per 10-token prompt;
@@ -128,13 +128,13 @@ def test_decode_units_layers_out_of_range():
 
 @pytest.fixture(scope="module")
 def tiny_llama(tiny_llama_dir):
-    from adainfer.model import EarlyExitModel
+    from adainfer.engine.model import EarlyExitModel
 
     return EarlyExitModel.from_pretrained(str(tiny_llama_dir))
 
 
 def test_fast_generation_pays_one_layer_one_check_and_three_fills_per_token(tiny_llama):
-    from adainfer.generate import generate
+    from adainfer.inference.generate import generate
 
     prompt = "Once upon a time"  # 16 characters, one token each
     result = generate(tiny_llama, prompt, 8, mode="fast", draft_layer=1)
@@ -146,7 +146,7 @@ def test_fast_generation_pays_one_layer_one_check_and_three_fills_per_token(tiny
 
 
 def test_lossless_generation_at_full_depth_pays_the_head_twice_per_token(tiny_llama):
-    from adainfer.generate import generate
+    from adainfer.inference.generate import generate
 
     prompt = "Once upon a time"
     result = generate(tiny_llama, prompt, 8, mode="lossless", draft_layer=4, draft_vocab=None)

@@ -4,9 +4,9 @@ import json
 
 import pytest
 
-from adainfer.cost_profile import CostProfile, measure_cost_profile
-from adainfer.model import EarlyExitModel
-from adainfer.tiny_models import TINY_CONFIGS
+from adainfer.engine.cost_profile import CostProfile, measure_cost_profile
+from adainfer.engine.model import EarlyExitModel
+from adainfer.testing.tiny_models import TINY_CONFIGS
 from conftest import save_tiny_model
 
 # A hand-built profile of a 4-layer model. At 10 tokens a layer takes 1 ms, a full check 2 ms and a

@@ -1,8 +1,8 @@
 import numpy as np
 import pytest
 
-from adainfer.collect import Collection
-from adainfer.evaluate import evaluate_policy, exit_layers, oracle_exit_layers
+from adainfer.eval.collect import Collection
+from adainfer.eval.replay import evaluate_policy, exit_layers, oracle_exit_layers
 from adainfer.policies import GapThresholdPolicy
 
 
@@ -51,7 +51,7 @@ def test_schedule_pays_the_layer_before_the_first_check_for_agree_prev():
 
 
 def test_bootstrap_interval_brackets_the_mean_and_shrinks_with_more_prompts():
-    from adainfer.evaluate import bootstrap_interval
+    from adainfer.eval.replay import bootstrap_interval
 
     rng = np.random.default_rng(1)
     small, large = rng.integers(0, 2, 50), rng.integers(0, 2, 5000)
@@ -63,8 +63,8 @@ def test_bootstrap_interval_brackets_the_mean_and_shrinks_with_more_prompts():
 
 
 def test_candidate_policies_learn_and_are_scored_by_the_best_candidate():
-    from adainfer.collect import Collection
-    from adainfer.evaluate import training_labels
+    from adainfer.eval.collect import Collection
+    from adainfer.eval.replay import training_labels
     from adainfer.policies import GapThresholdPolicy, SVMPolicy
 
     top1 = np.array([[9, 9, 9], [9, 9, 9]])  # the full vocabulary's top-1 is never an answer word
@@ -84,7 +84,7 @@ def test_candidate_policies_learn_and_are_scored_by_the_best_candidate():
 
 
 def test_a_measured_profile_prices_layers_and_lens_reads_in_seconds():
-    from adainfer.cost_profile import CostProfile
+    from adainfer.engine.cost_profile import CostProfile
 
     collection = _collection(gaps=[[0.1, 0.9, 0.9, 0.9], [0.9, 0.1, 0.1, 0.1]],
                              top1=[[1, 2, 2, 2], [4, 3, 3, 3]], gold=[2, 3])

@@ -1,9 +1,9 @@
 import pytest
 import torch
 
-from adainfer.executor import LayerExecutor
-from adainfer.families import UnsupportedArchitectureError
-from adainfer.tiny_models import TINY_CONFIGS, VOCAB, tiny_model
+from adainfer.engine.executor import LayerExecutor
+from adainfer.engine.families import UnsupportedArchitectureError
+from adainfer.testing.tiny_models import TINY_CONFIGS, VOCAB, tiny_model
 
 
 @pytest.fixture(params=sorted(TINY_CONFIGS))
@@ -50,7 +50,7 @@ def test_prepare_restores_the_model(model):
     executor = LayerExecutor(model)
     before = [id(layer) for layer in executor.layers]
     executor.prepare(torch.tensor([[5, 6]]))
-    from adainfer.families import resolve
+    from adainfer.engine.families import resolve
     assert [id(layer) for layer in resolve(model, executor.family.layers)] == before
 
 

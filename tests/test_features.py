@@ -2,10 +2,10 @@ import numpy as np
 import pytest
 import torch
 
-from adainfer.features import FeatureReader, KNOWN_FEATURES
-from adainfer.model import EarlyExitModel
+from adainfer.engine.features import FeatureReader, KNOWN_FEATURES
+from adainfer.engine.model import EarlyExitModel
 from adainfer.policies import GapThresholdPolicy
-from adainfer.predict import predict
+from adainfer.inference.predict import predict
 
 PROMPT = "Q: the cat sat\nA:"
 CANDIDATES = [66, 70, 80]  # three of the char tokenizer's ids

@@ -8,11 +8,11 @@ import itertools
 import pytest
 import torch
 
-from adainfer.decoding import DraftHead, KVDecoder
-from adainfer.generate import GeneratedToken, generate
-from adainfer.model import EarlyExitModel
+from adainfer.inference.decoder import DraftHead, KVDecoder
+from adainfer.inference.generate import GeneratedToken, generate
+from adainfer.engine.model import EarlyExitModel
 from adainfer.policies import GapThresholdPolicy
-from adainfer.tiny_models import TINY_CONFIGS
+from adainfer.testing.tiny_models import TINY_CONFIGS
 
 from conftest import save_tiny_model
 
@@ -231,7 +231,7 @@ def test_argument_errors_are_clear(models):
 def test_a_character_split_over_byte_tokens_is_streamed_once_complete():
     from types import SimpleNamespace
 
-    from adainfer.generate import _Output
+    from adainfer.inference.generate import _Output
 
     pieces = {1: b"\xc3", 2: b"\xa9", 3: b"!"}
     tokenizer = SimpleNamespace(decode=lambda ids, skip_special_tokens: b"".join(pieces[i] for i in ids)

@@ -5,11 +5,11 @@ import json
 import numpy as np
 import pytest
 
-from adainfer.collect import load_collection
-from adainfer.harness import (BASE_FEATURES, HarnessError, Setting, collect_setting, load_setting, load_task,
+from adainfer.eval.collect import load_collection
+from adainfer.eval.harness import (BASE_FEATURES, HarnessError, Setting, collect_setting, load_setting, load_task,
                               model_slug)
-from adainfer.model import EarlyExitModel
-from adainfer.tasks import TASKS, TaskSpec, read_prompts_jsonl
+from adainfer.engine.model import EarlyExitModel
+from adainfer.data.tasks import TASKS, TaskSpec, read_prompts_jsonl
 
 
 @pytest.fixture(scope="module")
@@ -103,8 +103,8 @@ def test_too_few_demonstrations_name_the_setting(model, tmp_path):
 
 
 def test_a_cache_extended_by_a_larger_run_reports_on_the_prompts_of_its_setting(tmp_path):
-    from adainfer.collect import save_collection_npz
-    from adainfer.harness import Setting, SettingData, export_setting, load_setting
+    from adainfer.eval.collect import save_collection_npz
+    from adainfer.eval.harness import Setting, SettingData, export_setting, load_setting
     from test_report import synthetic
 
     data = SettingData(Setting("a", 5), "toys", synthetic(40, 0), synthetic(30, 1))

@@ -4,12 +4,12 @@ under the check schedule each policy learned."""
 import numpy as np
 import pytest
 
-from adainfer.collect import Collection
+from adainfer.eval.collect import Collection
 from adainfer.decisions import stable_labels
-from adainfer.evaluate import evaluate_policy
-from adainfer.model import EarlyExitModel
+from adainfer.eval.replay import evaluate_policy
+from adainfer.engine.model import EarlyExitModel
 from adainfer.policies import CRFPolicy, GapThresholdPolicy, SVMPolicy
-from adainfer.predict import predict_batch
+from adainfer.inference.predict import predict_batch
 
 NAMES = ("gap", "top_prob", "depth", "agree_prev")
 PROMPTS = [f"Q: {text}\nA:" for text in ("the cat sat", "a dog ran far", "red fish", "it rains today", "zero",

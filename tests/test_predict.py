@@ -4,9 +4,9 @@ import numpy as np
 import pytest
 import torch
 
-from adainfer.model import EarlyExitModel, PromptError
+from adainfer.engine.model import EarlyExitModel, PromptError
 from adainfer.policies import GapThresholdPolicy, SVMPolicy
-from adainfer.predict import predict
+from adainfer.inference.predict import predict
 
 PROMPT = "Q: the cat sat\nA:"
 ALWAYS = GapThresholdPolicy(threshold=-1.0)  # gap >= 0 > -1 after every layer

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from adainfer.split_weights import QWEN25_CODER_15B, SplitWeights, SplitWeightsError, assemble
+from adainfer.engine.split_weights import QWEN25_CODER_15B, SplitWeights, SplitWeightsError, assemble
 
 PARTS = [b"GGUF-first-", b"second-", b"third"]
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from adainfer.tasks import (
+from adainfer.data.tasks import (
     TASKS,
     DataNotFoundError,
     Example,

@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 from scipy.stats import binom
 
-from adainfer.evaluate import exit_layers, stable_labels
+from adainfer.eval.replay import exit_layers, stable_labels
 from adainfer.policies import SVMPolicy, register_policy_kind
 
 

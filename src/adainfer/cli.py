@@ -20,17 +20,17 @@ from rich.console import Console
 from rich.progress import Progress
 from rich.table import Table
 
-from adainfer.collect import collect as collect_rows
-from adainfer.collect import load_collection
-from adainfer.cost_profile import measure_cost_profile
-from adainfer.evaluate import evaluate_policy, training_labels
-from adainfer.features import PAPER_FEATURES, check_feature_names
-from adainfer.harness import load_task, task_prompts
-from adainfer.loading import DEFAULT_MODEL, EMBEDDED_MODELS, cache_root
-from adainfer.model import EarlyExitModel
+from adainfer.eval.collect import collect as collect_rows
+from adainfer.eval.collect import load_collection
+from adainfer.engine.cost_profile import measure_cost_profile
+from adainfer.eval.replay import evaluate_policy, training_labels
+from adainfer.engine.features import PAPER_FEATURES, check_feature_names
+from adainfer.eval.harness import load_task, task_prompts
+from adainfer.engine.loading import DEFAULT_MODEL, EMBEDDED_MODELS, cache_root
+from adainfer.engine.model import EarlyExitModel
 from adainfer.policies import CRFPolicy, GapThresholdPolicy, SVMPolicy, load_policy
-from adainfer.predict import predict as predict_one
-from adainfer.tasks import TASKS, LabelledPrompt, read_prompts_jsonl, write_prompts_jsonl
+from adainfer.inference.predict import predict as predict_one
+from adainfer.data.tasks import TASKS, LabelledPrompt, read_prompts_jsonl, write_prompts_jsonl
 
 app = typer.Typer(
     help="Instance-aware early exit for frozen decoder-only LLMs (AdaInfer, arXiv 2403.02181).",

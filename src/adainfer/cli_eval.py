@@ -17,13 +17,13 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from adainfer.calibration import CalibratedPolicy
 from adainfer.cli import CacheOption, ModelOption, _clean_errors, _features, _load, app, err
-from adainfer.collect import load_collection
-from adainfer.cost_profile import CostProfile
-from adainfer.harness import (HarnessError, check_settings, collect_setting, export_setting, load_setting, model_slug,
+from adainfer.eval.collect import load_collection
+from adainfer.engine.cost_profile import CostProfile
+from adainfer.eval.harness import (HarnessError, check_settings, collect_setting, export_setting, load_setting, model_slug,
                               settings_grid)
-from adainfer.report import model_transfer_rows
-from adainfer.tables import write_model_transfer, write_report
-from adainfer.tasks import TASKS
+from adainfer.eval.experiments import model_transfer_rows
+from adainfer.eval.report import write_model_transfer, write_report
+from adainfer.data.tasks import TASKS
 
 DEFAULT_RUNS = Path("runs/cache")
 

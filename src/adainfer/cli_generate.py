@@ -13,7 +13,7 @@ from typing import Annotated
 import typer
 
 from adainfer.cli import CacheOption, ModelOption, _clean_errors, _load, app, err
-from adainfer.generate import MODES, GeneratedToken, generate
+from adainfer.inference.generate import MODES, GeneratedToken, generate
 from adainfer.policies import load_policy
 
 

@@ -15,10 +15,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from adainfer.batch import keep_rows
+from adainfer.engine.batch import keep_rows
 from adainfer.decisions import check_first_check, policy_first_check, reads_previous_lens
-from adainfer.executor import LayerExecutor, LayerInputs
-from adainfer.features import FeatureReader
+from adainfer.engine.executor import LayerExecutor, LayerInputs
+from adainfer.engine.features import FeatureReader
 
 
 def first_read_layer(first_check: int, reads_previous: bool, num_layers: int) -> int:

@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from adainfer.families import FamilySpec, family_of, resolve
+from adainfer.engine.families import FamilySpec, family_of, resolve
 
 
 @dataclass

@@ -1,6 +1,6 @@
 """Early-exit prediction of one answer token: stop at the first layer the policy accepts.
 
-One loop serves one prompt and a batch alike; `adainfer.batch` holds the padding and row
+One loop serves one prompt and a batch alike; `adainfer.engine.batch` holds the padding and row
 selection that let rows leave the batch at their own exit layer.
 """
 
@@ -13,9 +13,9 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 
-from adainfer.batch import check_layer_inputs, encode_batch
-from adainfer.model import EarlyExitModel
-from adainfer.walk import WalkResult, walk
+from adainfer.engine.batch import check_layer_inputs, encode_batch
+from adainfer.engine.model import EarlyExitModel
+from adainfer.engine.walk import WalkResult, walk
 
 
 class StopPolicy(Protocol):
@@ -64,7 +64,7 @@ def predict_batch(model: EarlyExitModel, prompts: Sequence[str], policy: StopPol
                   candidate_ids: Sequence[int] | None = None) -> list[ExitResult]:
     """Answer each prompt with early exit; rows leave the batch at their own exit layer.
 
-    The policy's check schedule is honoured as replay scores it (`adainfer.walk`): no lens before
+    The policy's check schedule is honoured as replay scores it (`adainfer.engine.walk`): no lens before
     its `first_check_` (but the layer before it for `agree_prev`), and the policy sees only the
     rows of the layers it checked. With `candidate_ids` (a closed answer set's first tokens) and a
     policy that reads only candidate features (`cand_*`, `depth`), each check runs |C| rows of the

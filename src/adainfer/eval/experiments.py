@@ -1,6 +1,6 @@
 """Score stop policies on collected settings: the rows behind the paper's tables.
 
-Every function here replays policies over traces collected by `adainfer.harness`, so a table
+Every function here replays policies over traces collected by `adainfer.eval.harness`, so a table
 costs no model time. A row is a flat dict (task, shots, method, and `PolicyReport`'s figures)
 ready for a pandas DataFrame. A policy that cannot be trained on a setting (its train split never
 has the gold token on top, so every label is 0) gives a row with its reason instead of figures.
@@ -14,12 +14,12 @@ from dataclasses import dataclass
 import numpy as np
 
 from adainfer.calibration import CalibratedPolicy, exits_at, learn_then_test
-from adainfer.collect import Collection
-from adainfer.cost_profile import CostProfile
+from adainfer.eval.collect import Collection
+from adainfer.engine.cost_profile import CostProfile
 from adainfer.decisions import oracle_exit_layers, policy_first_check
-from adainfer.evaluate import evaluate_policy, fit_on
-from adainfer.features import PAPER_FEATURES
-from adainfer.harness import SettingData
+from adainfer.eval.replay import evaluate_policy, fit_on
+from adainfer.engine.features import PAPER_FEATURES
+from adainfer.eval.harness import SettingData
 from adainfer.policies import CRFPolicy, GapThresholdPolicy, SVMPolicy, StopPolicy
 
 

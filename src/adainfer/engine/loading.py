@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
-from adainfer import split_weights
+from adainfer.engine import split_weights
 
 DEFAULT_MODEL = "gemma3-270m"
 CACHE_ENV = "ADAINFER_CACHE"

@@ -32,13 +32,13 @@ import torch
 import torch.nn.functional as F
 from transformers import DynamicCache
 
-from adainfer.executor import LayerExecutor, LayerInputs
-from adainfer.walk import walk
-from adainfer.families import resolve
-from adainfer.model import EarlyExitModel
+from adainfer.engine.executor import LayerExecutor, LayerInputs
+from adainfer.engine.walk import walk
+from adainfer.engine.families import resolve
+from adainfer.engine.model import EarlyExitModel
 
 if TYPE_CHECKING:
-    from adainfer.predict import StopPolicy
+    from adainfer.inference.predict import StopPolicy
 
 
 class _AttentionDone(Exception):
@@ -91,7 +91,7 @@ class DraftHead:
 
     @property
     def rows(self) -> int:
-        """Candidate rows one draft reads: its cost in `adainfer.cost` units."""
+        """Candidate rows one draft reads: its cost in `adainfer.engine.cost` units."""
         return self.first_ids + len(self.extra)
 
     def add(self, token_id: int) -> None:
@@ -200,7 +200,7 @@ class KVDecoder:
                    first_check: int | None = None, fill: bool = True, draft_head: DraftHead | None = None) -> EarlyStep:
         """Feed one token until `exit_layer` (fixed, 1..L) or until `policy` accepts; choose the next token.
 
-        With a policy, layers are walked as in prediction (`adainfer.walk`): the lens is read from
+        With a policy, layers are walked as in prediction (`adainfer.engine.walk`): the lens is read from
         the policy's learned `first_check_` (or `first_check` when given) on, the policy sees the
         features of the layers checked, and the last layer always answers. With `fill`, the skipped layers get K/V by state propagation (module
         docstring); without it they are left short, which only a caller that crops them before

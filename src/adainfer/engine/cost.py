@@ -24,7 +24,7 @@ A full-vocabulary check is 262,144 units: ≈ 1.8 % of the 18 layers' prefill, a
 layer. In decoding the same check costs 262,144 / 7,880 ≈ 33 layers, 1.8x all 18 of them: a
 check is cheap on a prompt and dear on a generated token, and eq. (2), which counts the head
 once, shows neither. Wall time is another matter again (the head is memory-bound on a CPU):
-`adainfer.cost_profile` measures it.
+`adainfer.engine.cost_profile` measures it.
 """
 
 from __future__ import annotations

@@ -15,11 +15,11 @@ from pathlib import Path
 
 import pandas as pd
 
-from adainfer.files import write_text_atomic
+from adainfer.engine.files import write_text_atomic
 
 if TYPE_CHECKING:
-    from adainfer.cost_profile import CostProfile
-    from adainfer.harness import SettingData
+    from adainfer.engine.cost_profile import CostProfile
+    from adainfer.eval.harness import SettingData
 
 # What a reader of Tables 2/3 wants per (task, method), in order.
 SUMMARY_COLUMNS: tuple[str, ...] = (
@@ -114,7 +114,7 @@ def summarise(rows: Sequence[dict], by: Sequence[str] = ("task", "method")) -> p
 
 def _intervals(per_prompt: "pd.core.groupby.SeriesGroupBy") -> list[tuple[str, list, list]]:
     """(figure, lows, highs) for each per-prompt figure, one value per group, in group order."""
-    from adainfer.evaluate import bootstrap_interval
+    from adainfer.eval.replay import bootstrap_interval
 
     names = sorted({name for values in per_prompt.obj if isinstance(values, dict) for name in values})
     result = []
@@ -154,11 +154,11 @@ def write_report(settings: Sequence["SettingData"], out_dir: Path, command: str,
     others, on the first few-shot setting of each task), 7 (factor study), Figures 1 and 3, and an
     exit-layer histogram per task.
     """
-    from adainfer import figures, report  # the report layer sits on top of scoring and plotting
+    from adainfer.eval import experiments, figures  # the report layer sits on top of scoring and plotting
 
     out_dir = Path(out_dir)
     written: list[Path] = []
-    rows = [row for data in settings for row in report.setting_rows(data, profile=profile)]
+    rows = [row for data in settings for row in experiments.setting_rows(data, profile=profile)]
     origin = provenance(settings, profile)
     traced = (f"Traces: {len(settings)} settings, {sum(item['eval_prompts'] for item in origin['settings'])} eval "
               f"and {sum(item['train_prompts'] for item in origin['settings'])} train prompts in all, content "
@@ -184,7 +184,7 @@ def write_report(settings: Sequence["SettingData"], out_dir: Path, command: str,
     shown = [min(items, key=lambda d: (d.setting.shots == 0, d.setting.shots)) for items in by_task.values()]
     first_few_shot = [data for data in shown if data.setting.shots > 0]
     if len(first_few_shot) > 1:
-        transfer = pd.DataFrame(report.transfer_rows(first_few_shot, first_few_shot))
+        transfer = pd.DataFrame(experiments.transfer_rows(first_few_shot, first_few_shot))
         written += table(transfer, "inter_task", "Inter-task generalization (paper Table 4): SVM on gap, "
                          "top_prob trained on one task, replayed on another", LEGEND)
     beyond = tasks[[c for c in BEYOND_COLUMNS if c in tasks]]
@@ -196,7 +196,7 @@ def write_report(settings: Sequence["SettingData"], out_dir: Path, command: str,
     written += table(best_within(tasks), "best_within_1pt", "Best policy per task at <= 1 point accuracy loss",
                      "The method saving most layers among those whose mean accuracy change is >= -1 point; the "
                      "interval says whether that loss is resolved at this number of prompts.\n\n" + LEGEND)
-    calibration = pd.DataFrame([report.calibration_rows(data, epsilon, delta)
+    calibration = pd.DataFrame([experiments.calibration_rows(data, epsilon, delta)
                                 for data in settings for epsilon, delta in RISK_LEVELS])
     written += table(calibration, "calibration", "Learn-then-Test calibration: the guarantee "
                            "checked over 100 random calibration/test splits",
@@ -215,7 +215,7 @@ def write_report(settings: Sequence["SettingData"], out_dir: Path, command: str,
                            "`fraction_within_epsilon_all_splits` also counts splits that never exit early, "
                            "which keep any promise trivially. `accuracy_change`, `layers_saved` and "
                            "`saved_of_oracle` are means over all splits.\n\n")
-    factors = summarise([row for data in settings for row in report.factor_rows(data)], by=("task", "features"))
+    factors = summarise([row for data in settings for row in experiments.factor_rows(data)], by=("task", "features"))
     written += table(factors, "factor_study", "Factor study (paper Table 7): SVM features", LEGEND)
     figure_dir = out_dir / "figures"
     written.append(figures.layer_accuracy_figure(shown, figure_dir / "layer_accuracy.png"))
@@ -223,7 +223,7 @@ def write_report(settings: Sequence["SettingData"], out_dir: Path, command: str,
         task = data.setting.name.split("/")[0]
         written.append(figures.lens_features_figure(data, figure_dir / f"lens_features_{task}.png"))
         written.append(figures.exit_histogram_figure(
-            data, report.PAPER_METHODS[:1] + report.OUR_METHODS, figure_dir / f"exit_layers_{task}.png"))
+            data, experiments.PAPER_METHODS[:1] + experiments.OUR_METHODS, figure_dir / f"exit_layers_{task}.png"))
     public_rows = [{key: value for key, value in row.items() if not key.startswith("_")} for row in rows]
     written.append(write_text_atomic(out_dir / "rows.json", json.dumps({"command": command, "rows": public_rows},
                                                                        indent=1) + "\n"))
@@ -249,7 +249,7 @@ PROVENANCE_PACKAGES: tuple[str, ...] = ("adainfer", "numpy", "scipy", "scikit-le
 
 
 def write_model_transfer(rows: Sequence[dict], out_dir: Path, command: str) -> list[Path]:
-    """Paper Table 6 from `report.model_transfer_rows`: averaged over tasks, then per task."""
+    """Paper Table 6 from `experiments.model_transfer_rows`: averaged over tasks, then per task."""
     notes = ("A policy fitted on the train traces of `train_model`, replayed on the eval traces of "
              "`eval_model` for the same prompts; the diagonal (`train_model == eval_model`) is the "
              "intra-model result. `depth` is the layer as a fraction of the model's depth. "

@@ -18,9 +18,9 @@ import matplotlib.pyplot as plt
 import numpy as np
 
 from adainfer.decisions import exit_layers, oracle_exit_layers
-from adainfer.evaluate import fit_on
-from adainfer.harness import SettingData
-from adainfer.report import Method, layer_accuracy
+from adainfer.eval.replay import fit_on
+from adainfer.eval.harness import SettingData
+from adainfer.eval.experiments import Method, layer_accuracy
 
 
 def _label(data: SettingData) -> str:

@@ -17,8 +17,8 @@ from typing import Any
 
 import torch
 
-from adainfer.executor import LayerInputs
-from adainfer.model import EarlyExitModel
+from adainfer.engine.executor import LayerInputs
+from adainfer.engine.model import EarlyExitModel
 
 
 @dataclass
@@ -56,7 +56,7 @@ def select_rows(value: Any, index: torch.Tensor, batch_size: int) -> Any:
     Walks tuples, lists and dicts; anything else (None, flags, caches) is returned as is. Needs
     `batch_size` > 1: a tensor with leading dim 1 is then unambiguously broadcast over rows (a
     mask or rotary table shared by all of them) and stays as it is. It assumes, as holds for
-    every family in `adainfer.families`, that no layer argument has a leading dim other than
+    every family in `adainfer.engine.families`, that no layer argument has a leading dim other than
     the batch that happens to equal it (`check_layer_inputs` rejects other leading dims).
     A tensor shared by several places (the same mask for every layer) is cut once and stays shared.
     """

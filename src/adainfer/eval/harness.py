@@ -19,11 +19,11 @@ from typing import Literal
 
 import numpy as np
 
-from adainfer.collect import Collection, collect, load_collection, load_collection_npz, save_collection_npz
-from adainfer.files import write_text_atomic
-from adainfer.features import CANDIDATE_FEATURES
-from adainfer.model import EarlyExitModel
-from adainfer.tasks import (TASKS, Example, LabelledPrompt, build_prompts, load_examples, load_jsonl_task,
+from adainfer.eval.collect import Collection, collect, load_collection, load_collection_npz, save_collection_npz
+from adainfer.engine.files import write_text_atomic
+from adainfer.engine.features import CANDIDATE_FEATURES
+from adainfer.engine.model import EarlyExitModel
+from adainfer.data.tasks import (TASKS, Example, LabelledPrompt, build_prompts, load_examples, load_jsonl_task,
                             read_prompts_jsonl, split_examples, write_prompts_jsonl)
 
 # Everything the tables read: the paper's features, its factor study's cosines, and ours.

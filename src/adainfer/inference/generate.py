@@ -10,7 +10,7 @@ pass sums in another order than q one-token steps). The draft length adapts as i
 assisted generation: +2 after a fully accepted round, -1 otherwise.
 
 `mode="fast"` verifies nothing: each token is its exit layer's lens top-1, and the layers it
-skipped get K/V by state propagation (`adainfer.decoding`). Its quality must be measured.
+skipped get K/V by state propagation (`adainfer.inference.decoder`). Its quality must be measured.
 
 In both modes the prompt runs through every layer (later tokens attend to its K/V at every
 depth), so the first generated token is the dense model's.
@@ -27,11 +27,11 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from adainfer.decoding import DraftHead, EarlyStep, KVDecoder
-from adainfer.model import EarlyExitModel
+from adainfer.inference.decoder import DraftHead, EarlyStep, KVDecoder
+from adainfer.engine.model import EarlyExitModel
 
 if TYPE_CHECKING:
-    from adainfer.predict import StopPolicy
+    from adainfer.inference.predict import StopPolicy
 
 MODES = ("lossless", "fast")
 MAX_DRAFT = 16
@@ -61,7 +61,7 @@ class GenerationResult:
     restricted draft head. `draft_lengths` / `accepted_lengths`: per verification (lossless).
     `kv_lengths`: positions cached per layer at the end; the last token is never fed back, so it is
     prompt_tokens + len(token_ids) - 1 in every layer. `first_token_seconds`: time to first token.
-    `flops_units`: FLOPs spent (`adainfer.cost` units) by every pass above, each position at its
+    `flops_units`: FLOPs spent (`adainfer.engine.cost` units) by every pass above, each position at its
     own context length (`CostModel.decode_units`), drafts that were rejected included;
     `dense_flops_units`: what dense decoding of the same tokens costs (`dense_decode_units`).
     """

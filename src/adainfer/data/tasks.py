@@ -25,7 +25,7 @@ from typing import Literal
 
 import numpy as np
 
-from adainfer.task_readers import (
+from adainfer.data.readers import (
     AG_NEWS_ANSWERS,
     CHOICE_LETTERS,
     SST2_ANSWERS,

@@ -1,6 +1,6 @@
 """Measured wall time of the parts an early exit pays for, and the time ratio they predict.
 
-FLOPs (`adainfer.cost`) say what the arithmetic costs, not what the clock sees. On a CPU one
+FLOPs (`adainfer.engine.cost`) say what the arithmetic costs, not what the clock sees. On a CPU one
 full-vocabulary check of Gemma 3 270M reads the whole 262,144 x 640 LM head (168M weights, 671 MB
 in float32) from memory to produce a single row of logits: the product is memory-bound, so a
 check costs far more time than its ~2 % of a prompt's FLOPs suggests, while the decoder layers
@@ -28,8 +28,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from adainfer.files import write_text_atomic
-from adainfer.model import EarlyExitModel
+from adainfer.engine.files import write_text_atomic
+from adainfer.engine.model import EarlyExitModel
 
 TIMES = ("layer_seconds", "full_check_seconds", "candidate_check_seconds", "dense_seconds")
 

@@ -21,8 +21,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from adainfer.executor import LayerExecutor
-from adainfer.families import resolve
+from adainfer.engine.executor import LayerExecutor
+from adainfer.engine.families import resolve
 
 PAPER_FEATURES: tuple[str, ...] = ("gap", "top_prob")
 SUBLAYER_FEATURES: tuple[str, ...] = ("cos_attn", "cos_mlp")

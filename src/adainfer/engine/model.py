@@ -10,10 +10,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from adainfer.cost import CostModel
-from adainfer.executor import LayerExecutor
-from adainfer.features import FeatureReader, as_numpy
-from adainfer.loading import LoadedModel, load_model
+from adainfer.engine.cost import CostModel
+from adainfer.engine.executor import LayerExecutor
+from adainfer.engine.features import FeatureReader, as_numpy
+from adainfer.engine.loading import LoadedModel, load_model
 
 
 class PromptError(ValueError):

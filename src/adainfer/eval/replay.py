@@ -12,11 +12,11 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
-from adainfer.collect import Collection
-from adainfer.cost import CostModel
-from adainfer.cost_profile import CostProfile
+from adainfer.eval.collect import Collection
+from adainfer.engine.cost import CostModel
+from adainfer.engine.cost_profile import CostProfile
 from adainfer.decisions import exit_layers, lens_reads, oracle_exit_layers, reads_previous_lens, scheduled_decisions, stable_labels
-from adainfer.features import needs_full_vocab
+from adainfer.engine.features import needs_full_vocab
 from adainfer.policies import StopPolicy
 
 BOOTSTRAP_RESAMPLES = 1000
