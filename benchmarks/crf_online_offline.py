@@ -35,7 +35,7 @@ import pycrfsuite
 from adainfer.eval.collect import Collection
 from adainfer.eval.replay import evaluate_decisions, evaluate_policy, fit_on
 from adainfer.eval.harness import SettingData, load_setting
-from adainfer.policies import CRFPolicy
+from adainfer.policies.crf import CRFPolicy
 
 FEATURES = ("gap", "top_prob")
 DEFAULT_FOLDER = Path("runs/cache/Gemma3ForCausalLM-10f722d50feeb032")

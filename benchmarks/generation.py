@@ -37,7 +37,7 @@ import torch
 
 from adainfer.inference.generate import generate
 from adainfer.engine.model import EarlyExitModel
-from adainfer.policies import load_policy
+from adainfer.policies.io import load_policy
 from adainfer.data.tasks import default_data_dir
 
 

@@ -29,7 +29,8 @@ from adainfer.engine.batch import encode_batch
 from adainfer.engine.features import FeatureReader
 from adainfer.engine.loading import LoadedModel
 from adainfer.engine.model import EarlyExitModel
-from adainfer.policies import GapThresholdPolicy, SVMPolicy
+from adainfer.policies.gap import GapThresholdPolicy
+from adainfer.policies.svm import SVMPolicy
 from adainfer.inference.predict import predict_batch
 from adainfer.testing.tiny_models import tiny_model
 

@@ -71,7 +71,7 @@ import torch
 from adainfer.engine.batch import PaddedBatch, encode_batch
 from adainfer.eval.harness import load_task
 from adainfer.engine.model import EarlyExitModel
-from adainfer.policies import SVMPolicy
+from adainfer.policies.svm import SVMPolicy
 from adainfer.inference.predict import predict, predict_batch
 from adainfer.data.tasks import build_prompts
 from suite_report import markdown

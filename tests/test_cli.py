@@ -14,7 +14,8 @@ from adainfer.cli import app
 from adainfer.eval.collect import load_collection
 from adainfer.eval.harness import Setting, collect_setting, load_task, model_slug
 from adainfer.engine.model import EarlyExitModel
-from adainfer.policies import CRFPolicy, SVMPolicy
+from adainfer.policies.crf import CRFPolicy
+from adainfer.policies.svm import SVMPolicy
 from adainfer.data.tasks import read_prompts_jsonl
 from adainfer.testing.tiny_models import tiny_model
 from conftest import char_tokenizer

@@ -80,7 +80,7 @@ def test_calibrate_saves_a_policy_with_its_certificate(evaluated):
                 "--epsilon", 0.5, "--delta", 0.2, "--features", "gap,depth")
     certificate = json.loads(result.stdout)["certificate"]
     assert certificate["calibration_prompts"] == 6 and certificate["epsilon"] == 0.5
-    from adainfer.policies import load_policy
+    from adainfer.policies.io import load_policy
     policy = load_policy(work / "calibrated")
     assert policy.kind == "calibrated-svm" and policy.certificate_.calibration_prompts == 6
 
@@ -101,7 +101,7 @@ def test_calibrate_rejects_bad_arguments(evaluated, args, keywords):
 
 def test_calibrate_refuses_a_first_check_at_the_last_layer_and_keeps_one_below_it(evaluated):
     from adainfer.eval.collect import load_collection
-    from adainfer.policies import load_policy
+    from adainfer.policies.io import load_policy
 
     work, _ = evaluated
     folder = next((work / "runs").iterdir()) / "parity" / "0shot-seed0"

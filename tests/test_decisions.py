@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 
-from adainfer.decisions import (check_first_check, first_accepted_layer, lens_reads, oracle_exit_layers,
-                                scheduled_decisions, stable_labels)
+from adainfer.engine.schedule import check_first_check, lens_reads
+from adainfer.policies.decisions import first_accepted_layer, oracle_exit_layers, scheduled_decisions, stable_labels
 
 
 class _SeesLayers:

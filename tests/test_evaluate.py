@@ -2,8 +2,9 @@ import numpy as np
 import pytest
 
 from adainfer.eval.collect import Collection
-from adainfer.eval.replay import evaluate_policy, exit_layers, oracle_exit_layers
-from adainfer.policies import GapThresholdPolicy
+from adainfer.eval.replay import evaluate_policy
+from adainfer.policies.decisions import exit_layers, oracle_exit_layers
+from adainfer.policies.gap import GapThresholdPolicy
 
 
 def test_exit_layer_is_first_accepted_and_last_when_none():
@@ -65,7 +66,8 @@ def test_bootstrap_interval_brackets_the_mean_and_shrinks_with_more_prompts():
 def test_candidate_policies_learn_and_are_scored_by_the_best_candidate():
     from adainfer.eval.collect import Collection
     from adainfer.eval.replay import training_labels
-    from adainfer.policies import GapThresholdPolicy, SVMPolicy
+    from adainfer.policies.gap import GapThresholdPolicy
+    from adainfer.policies.svm import SVMPolicy
 
     top1 = np.array([[9, 9, 9], [9, 9, 9]])  # the full vocabulary's top-1 is never an answer word
     cand_top1 = np.array([[4, 5, 5], [5, 5, 4]])

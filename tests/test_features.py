@@ -4,7 +4,7 @@ import torch
 
 from adainfer.engine.features import FeatureReader, KNOWN_FEATURES
 from adainfer.engine.model import EarlyExitModel
-from adainfer.policies import GapThresholdPolicy
+from adainfer.policies.gap import GapThresholdPolicy
 from adainfer.inference.predict import predict
 
 PROMPT = "Q: the cat sat\nA:"

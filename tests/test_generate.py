@@ -11,7 +11,7 @@ import torch
 from adainfer.inference.decoder import DraftHead, KVDecoder
 from adainfer.inference.generate import GeneratedToken, generate
 from adainfer.engine.model import EarlyExitModel
-from adainfer.policies import GapThresholdPolicy
+from adainfer.policies.gap import GapThresholdPolicy
 from adainfer.testing.tiny_models import TINY_CONFIGS
 
 from conftest import save_tiny_model

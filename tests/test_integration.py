@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from adainfer.engine.model import EarlyExitModel
-from adainfer.policies import GapThresholdPolicy
+from adainfer.policies.gap import GapThresholdPolicy
 from adainfer.inference.predict import predict
 from adainfer.data.tasks import build_prompts, load_examples
 

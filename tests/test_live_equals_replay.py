@@ -5,10 +5,12 @@ import numpy as np
 import pytest
 
 from adainfer.eval.collect import Collection
-from adainfer.decisions import stable_labels
+from adainfer.policies.decisions import stable_labels
 from adainfer.eval.replay import evaluate_policy
 from adainfer.engine.model import EarlyExitModel
-from adainfer.policies import CRFPolicy, GapThresholdPolicy, SVMPolicy
+from adainfer.policies.crf import CRFPolicy
+from adainfer.policies.gap import GapThresholdPolicy
+from adainfer.policies.svm import SVMPolicy
 from adainfer.inference.predict import predict_batch
 
 NAMES = ("gap", "top_prob", "depth", "agree_prev")

@@ -8,14 +8,11 @@ from sklearn.base import clone
 from sklearn.exceptions import NotFittedError
 from sklearn.linear_model import LogisticRegression
 
-from adainfer.policies import (
-    CRFPolicy,
-    GapThresholdPolicy,
-    PolicyFileError,
-    PolicyMismatchError,
-    SVMPolicy,
-    load_policy,
-)
+from adainfer.policies.base import PolicyFileError, PolicyMismatchError
+from adainfer.policies.crf import CRFPolicy
+from adainfer.policies.gap import GapThresholdPolicy
+from adainfer.policies.io import load_policy
+from adainfer.policies.svm import SVMPolicy
 
 IDENTITY = {"name": "tiny-model", "n_layers": 12, "head_sha256": "abc"}
 

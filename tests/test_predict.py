@@ -5,7 +5,8 @@ import pytest
 import torch
 
 from adainfer.engine.model import EarlyExitModel, PromptError
-from adainfer.policies import GapThresholdPolicy, SVMPolicy
+from adainfer.policies.gap import GapThresholdPolicy
+from adainfer.policies.svm import SVMPolicy
 from adainfer.inference.predict import predict
 
 PROMPT = "Q: the cat sat\nA:"

@@ -10,7 +10,7 @@ from adainfer.eval.collect import Collection
 from adainfer.eval.harness import Setting, SettingData
 from adainfer.eval.experiments import (PAPER_METHODS, calibration_rows, dense_and_oracle, factor_rows, model_transfer_rows, score,
                              setting_rows, transfer_rows)
-from adainfer.policies import GapThresholdPolicy
+from adainfer.policies.gap import GapThresholdPolicy
 from adainfer.eval.report import summarise, write_report
 
 LAYERS = 6

@@ -28,7 +28,10 @@ from adainfer.engine.features import PAPER_FEATURES, check_feature_names
 from adainfer.eval.harness import load_task, task_prompts
 from adainfer.engine.loading import DEFAULT_MODEL, EMBEDDED_MODELS, cache_root
 from adainfer.engine.model import EarlyExitModel
-from adainfer.policies import CRFPolicy, GapThresholdPolicy, SVMPolicy, load_policy
+from adainfer.policies.crf import CRFPolicy
+from adainfer.policies.gap import GapThresholdPolicy
+from adainfer.policies.io import load_policy
+from adainfer.policies.svm import SVMPolicy
 from adainfer.inference.predict import predict as predict_one
 from adainfer.data.tasks import TASKS, LabelledPrompt, read_prompts_jsonl, write_prompts_jsonl
 

@@ -15,7 +15,7 @@ from typing import Annotated
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from adainfer.calibration import CalibratedPolicy
+from adainfer.policies.calibrated import CalibratedPolicy
 from adainfer.cli import CacheOption, ModelOption, _clean_errors, _features, _load, app, err
 from adainfer.eval.collect import load_collection
 from adainfer.engine.cost_profile import CostProfile

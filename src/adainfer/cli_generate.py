@@ -14,7 +14,7 @@ import typer
 
 from adainfer.cli import CacheOption, ModelOption, _clean_errors, _load, app, err
 from adainfer.inference.generate import MODES, GeneratedToken, generate
-from adainfer.policies import load_policy
+from adainfer.policies.io import load_policy
 
 
 def _show(token: GeneratedToken) -> None:

@@ -1,7 +1,7 @@
 """THE depth loop of early exit: run a layer, read the lens, ask the policy, let finished rows go.
 
 Prediction (a batch of prompts) and generation (one new token over a KV cache) both walk the
-layers here, so they apply the same rules as replay (`adainfer.decisions`): no lens before the
+layers here, so they apply the same rules as replay (`adainfer.engine.schedule`): no lens before the
 layer the policy's check schedule first reads, the policy sees only the layers it checked, and
 the last layer always answers.
 """
@@ -16,16 +16,9 @@ import numpy as np
 import torch
 
 from adainfer.engine.batch import keep_rows
-from adainfer.decisions import check_first_check, policy_first_check, reads_previous_lens
 from adainfer.engine.executor import LayerExecutor, LayerInputs
 from adainfer.engine.features import FeatureReader
-
-
-def first_read_layer(first_check: int, reads_previous: bool, num_layers: int) -> int:
-    """The first layer (1-based) whose lens a policy with this schedule reads."""
-    if first_check > num_layers:
-        return num_layers  # never asked: only the last layer's lens, for the answer
-    return first_check - 1 if reads_previous and first_check > 1 else first_check
+from adainfer.engine.schedule import check_first_check, first_read_layer, policy_first_check, reads_previous_lens
 
 
 @dataclass

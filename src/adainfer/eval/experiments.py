@@ -13,14 +13,18 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from adainfer.calibration import CalibratedPolicy, exits_at, learn_then_test
+from adainfer.policies.calibrated import CalibratedPolicy, exits_at, learn_then_test
 from adainfer.eval.collect import Collection
 from adainfer.engine.cost_profile import CostProfile
-from adainfer.decisions import oracle_exit_layers, policy_first_check
+from adainfer.engine.schedule import policy_first_check
+from adainfer.policies.decisions import oracle_exit_layers
 from adainfer.eval.replay import evaluate_policy, fit_on
 from adainfer.engine.features import PAPER_FEATURES
 from adainfer.eval.harness import SettingData
-from adainfer.policies import CRFPolicy, GapThresholdPolicy, SVMPolicy, StopPolicy
+from adainfer.policies.base import StopPolicy
+from adainfer.policies.crf import CRFPolicy
+from adainfer.policies.gap import GapThresholdPolicy
+from adainfer.policies.svm import SVMPolicy
 
 
 @dataclass(frozen=True)

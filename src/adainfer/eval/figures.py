@@ -17,7 +17,7 @@ matplotlib.use("Agg")  # files only; never needs a display
 import matplotlib.pyplot as plt
 import numpy as np
 
-from adainfer.decisions import exit_layers, oracle_exit_layers
+from adainfer.policies.decisions import exit_layers, oracle_exit_layers
 from adainfer.eval.replay import fit_on
 from adainfer.eval.harness import SettingData
 from adainfer.eval.experiments import Method, layer_accuracy

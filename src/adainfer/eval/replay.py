@@ -1,7 +1,7 @@
 """Score a stop policy on collected full-depth traces, against the dense model and the oracle.
 
 Replaying a policy over collected rows gives the same exit layers and costs as running `predict`
-prompt by prompt under the same check schedule (`adainfer.decisions`): the features of layer l
+prompt by prompt under the same check schedule (`adainfer.engine.schedule`, `adainfer.policies.decisions`): the features of layer l
 depend only on layers 1..l, policies decide online, and a scheduled policy sees only the layers
 it checked. So one collection serves every policy, at no model cost.
 """
@@ -15,9 +15,10 @@ import numpy as np
 from adainfer.eval.collect import Collection
 from adainfer.engine.cost import CostModel
 from adainfer.engine.cost_profile import CostProfile
-from adainfer.decisions import exit_layers, lens_reads, oracle_exit_layers, reads_previous_lens, scheduled_decisions, stable_labels
+from adainfer.engine.schedule import lens_reads, reads_previous_lens
+from adainfer.policies.decisions import exit_layers, oracle_exit_layers, scheduled_decisions, stable_labels
 from adainfer.engine.features import needs_full_vocab
-from adainfer.policies import StopPolicy
+from adainfer.policies.base import StopPolicy
 
 BOOTSTRAP_RESAMPLES = 1000
 BOOTSTRAP_SEED = 0

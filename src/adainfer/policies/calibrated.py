@@ -32,8 +32,8 @@ from typing import Any
 import numpy as np
 from scipy.stats import binom
 
-from adainfer.eval.replay import exit_layers, stable_labels
-from adainfer.policies import SVMPolicy, register_policy_kind
+from adainfer.policies.decisions import answers_at, exit_layers, stable_labels
+from adainfer.policies.svm import SVMPolicy
 
 
 @dataclass(frozen=True)
@@ -123,11 +123,9 @@ def exits_at(scores: np.ndarray, threshold: float, first_check: int = 1) -> np.n
 
 
 def _changed(scores: np.ndarray, top1: np.ndarray, threshold: float, first_check: int) -> np.ndarray:
-    exits = exits_at(scores, threshold, first_check)
-    return top1[np.arange(len(exits)), exits - 1] != top1[:, -1]
+    return answers_at(exits_at(scores, threshold, first_check), top1) != top1[:, -1]
 
 
-@register_policy_kind
 class CalibratedPolicy(SVMPolicy):
     """An SVM scorer trained to recognise stable layers, with a threshold certified by `calibrate`.
 
@@ -139,6 +137,7 @@ class CalibratedPolicy(SVMPolicy):
     """
 
     kind = "calibrated-svm"
+    label_free = True
 
     def __init__(self, features: Sequence[str] = ("gap", "top_prob", "depth"), kernel: str = "rbf",
                  C: float = 1.0, class_weight: dict | str | None = None, first_check: int = 1) -> None:
