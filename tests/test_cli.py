@@ -10,7 +10,7 @@ import torch
 from transformers import PhiConfig, PhiForCausalLM
 from typer.testing import CliRunner
 
-from adainfer.cli import app
+from adainfer.cli.app import app
 from adainfer.eval.collect import load_collection
 from adainfer.eval.harness import Setting, collect_setting, load_task, model_slug
 from adainfer.engine.model import EarlyExitModel

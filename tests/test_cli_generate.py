@@ -4,7 +4,7 @@ import json
 
 from typer.testing import CliRunner
 
-from adainfer.cli import app
+from adainfer.cli.app import app
 from adainfer.inference.generate import generate
 from adainfer.engine.model import EarlyExitModel
 

@@ -4,7 +4,7 @@ from pathlib import Path
 
 from typer.testing import CliRunner
 
-from adainfer.cli import app
+from adainfer.cli.app import app
 from adainfer.engine.cost_profile import CostProfile
 from adainfer.engine.model import EarlyExitModel
 

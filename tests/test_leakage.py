@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from adainfer.cli import app
+from adainfer.cli.app import app
 from adainfer.eval.harness import TaskData, load_task, task_prompts
 from adainfer.data.tasks import TASKS, LabelledPrompt, read_prompts_jsonl
 

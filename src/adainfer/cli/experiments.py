@@ -1,59 +1,47 @@
-"""`adainfer eval` and `adainfer report`: the paper's experiment from the command line.
+"""`adainfer prompts`, `eval`, `report`, `export-traces` and `transfer`: the paper's experiment.
 
-Registered on the main app by `adainfer.cli`; kept apart so the single-prompt verbs stay short.
+Settings are collected once and cached; tables and figures are rebuilt from the cache without the
+model. Relative paths (the defaults included) are relative to the current directory.
 """
 
 from __future__ import annotations
 
 import json
-import math
-import shlex
 import time
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from adainfer.policies.calibrated import CalibratedPolicy
-from adainfer.cli import CacheOption, ModelOption, _clean_errors, _features, _load, app, err
-from adainfer.eval.collect import load_collection
+from adainfer.cli.common import CacheOption, ModelOption, clean_errors, command_line, err, open_model, parse_ints
+from adainfer.data.tasks import TASKS, write_prompts_jsonl
 from adainfer.engine.cost_profile import CostProfile
-from adainfer.eval.harness import (HarnessError, check_settings, collect_setting, export_setting, load_setting, model_slug,
-                              settings_grid)
 from adainfer.eval.experiments import model_transfer_rows
+from adainfer.eval.harness import (HarnessError, check_settings, collect_setting, export_setting, load_setting, load_task,
+                                   model_slug, settings_grid, task_prompts)
 from adainfer.eval.report import write_model_transfer, write_report
-from adainfer.data.tasks import TASKS
 
 DEFAULT_RUNS = Path("runs/cache")
 
 
-def _ints(text: str) -> list[int]:
-    try:
-        values = [int(part) for part in text.split(",") if part.strip()]
-    except ValueError:
-        raise ValueError(f"expected comma-separated integers, got {text!r}") from None
-    if not values or min(values) < 0:
-        raise ValueError(f"expected non-negative integers, got {text!r}")
-    return values
+@clean_errors
+def prompts(
+    task: Annotated[str, typer.Argument(help=f"A built-in task ({', '.join(TASKS)}) or a .jsonl file of {{input, output}} lines, split in two halves as `adainfer eval` splits it.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="JSONL file of {prompt, answer} to write.")],
+    split: Annotated[Literal["train", "eval"], typer.Option(help="train: classifier-training prompts; eval: the evaluated prompts, whose inputs are never in train prompts or demonstrations.")] = "train",
+    shots: Annotated[int, typer.Option(help="Demonstrations per prompt, always drawn from the task's train split.")] = 5,
+    limit: Annotated[int | None, typer.Option(help="Number of prompts (a seeded sample).")] = None,
+    seed: Annotated[int, typer.Option(help="The seed of an `adainfer eval` setting: --split eval and --split train then write exactly that setting's eval and train prompts (train draws with seed + 1). Use the same seed for both splits.")] = 0,
+    data_dir: Annotated[Path | None, typer.Option(help="Datasets folder. Default: $ADAINFER_DATA or ../shared/data.")] = None,
+) -> None:
+    """Write zero- or few-shot prompts `Q: x\\nA:` with their gold answers, as `adainfer eval` builds them."""
+    written = task_prompts(load_task(task, data_dir), split, shots, limit, seed)
+    write_prompts_jsonl(written, out)
+    err.print(f"wrote {len(written)} prompts to {out}")
 
 
-def _command_line(context: typer.Context) -> str:
-    """The running verb with every option it was given, to head the files it writes."""
-    words = ["adainfer", context.info_name]
-    for parameter in context.command.params:
-        value = context.params.get(parameter.name)
-        if value is None:
-            continue
-        if parameter.param_type_name == "argument":
-            words += [str(item) for item in value] if isinstance(value, (list, tuple)) else [str(value)]
-        else:
-            words += [parameter.opts[0], str(value)]
-    return shlex.join(words)
-
-
-@app.command("eval")
-@_clean_errors
+@clean_errors
 def eval_command(
     context: typer.Context,
     tasks: Annotated[str, typer.Option(help=f"Comma-separated tasks ({', '.join(TASKS)}) or .jsonl files of {{input, output}}.")] = "sst2",
@@ -76,10 +64,10 @@ def eval_command(
             raise ValueError(f"unknown task {name!r}; known: {', '.join(TASKS)}, or a .jsonl file")
         if name.endswith(".jsonl") and not Path(name).is_file():
             raise ValueError(f"task file {name} does not exist")
-    grid = settings_grid(task_names, _ints(shots), seed)
+    grid = settings_grid(task_names, parse_ints(shots), seed)
     check_settings(grid, train_limit, limit, data_dir)
     started = time.perf_counter()
-    loaded = _load(model, cache_dir)
+    exit_model = open_model(model, cache_dir)
     collected = []
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
     with Progress(*columns, console=err) as progress:
@@ -88,15 +76,14 @@ def eval_command(
             def on_prompt(split: str, done: int, total: int, name: str = setting.name, number: int = number) -> None:
                 progress.update(bar, description=f"[{number}/{len(grid)}] {name} {split}", completed=done, total=total)
 
-            collected.append(collect_setting(loaded, setting, runs, train_limit, limit, data_dir, on_prompt))
-    out = out or Path("results") / model_slug(loaded)
-    written = write_report(collected, out, _command_line(context))
+            collected.append(collect_setting(exit_model, setting, runs, train_limit, limit, data_dir, on_prompt))
+    out = out or Path("results") / model_slug(exit_model)
+    written = write_report(collected, out, command_line(context))
     minutes = (time.perf_counter() - started) / 60
     err.print(f"{len(grid)} settings in {minutes:.1f} min; wrote {len(written)} files under {out}")
 
 
-@app.command()
-@_clean_errors
+@clean_errors
 def report(
     context: typer.Context,
     runs: Annotated[Path, typer.Argument(help="A model's folder of collected settings, e.g. runs/cache/<model>.")],
@@ -111,7 +98,7 @@ def report(
     folders = _setting_folders(runs, tasks, shots)
     settings = [load_setting(folder) for folder in folders]
     profile = _cost_profile(cost_profile or Path(runs) / "cost_profile.json", settings, required=cost_profile is not None)
-    written = write_report(settings, out, _command_line(context), profile)
+    written = write_report(settings, out, command_line(context), profile)
     err.print(f"{len(folders)} settings; wrote {len(written)} files under {out}")
 
 
@@ -133,8 +120,7 @@ def _cost_profile(path: Path, settings: list, required: bool) -> CostProfile | N
     return profile
 
 
-@app.command("export-traces")
-@_clean_errors
+@clean_errors
 def export_traces(
     runs: Annotated[Path, typer.Argument(help="A model's folder of collected settings, e.g. runs/cache/<model>.")],
     out: Annotated[Path, typer.Option(help="Where the compact traces go, e.g. results/traces/<model>.")],
@@ -155,7 +141,7 @@ def _setting_folders(runs: Path, tasks: str | None, shots: str | None = None) ->
         wanted = {name.strip() for name in tasks.split(",")}
         folders = [folder for folder in folders if folder.parent.name in wanted]
     if shots:
-        wanted_shots = set(_ints(shots))
+        wanted_shots = set(parse_ints(shots))
         folders = [folder for folder in folders
                    if json.loads((folder / "setting.json").read_text())["shots"] in wanted_shots]
     if not folders:
@@ -163,8 +149,7 @@ def _setting_folders(runs: Path, tasks: str | None, shots: str | None = None) ->
     return folders
 
 
-@app.command()
-@_clean_errors
+@clean_errors
 def transfer(
     context: typer.Context,
     runs: Annotated[list[str], typer.Argument(help="Two or more models' folders of collected settings "
@@ -186,40 +171,6 @@ def transfer(
     if not rows:
         raise HarnessError("the models share no collected setting (same task, shots and seed); collect "
                            "the same --tasks/--shots/--seed with each model first")
-    written = write_model_transfer(rows, out, _command_line(context))
+    written = write_model_transfer(rows, out, command_line(context))
     err.print(f"{len({row['task'] for row in rows})} shared tasks, {len(models)} models; "
               f"wrote {len(written)} files under {out}")
-
-
-@app.command()
-@_clean_errors
-def calibrate(
-    train_rows: Annotated[Path, typer.Argument(help="Rows (`adainfer collect`) to fit the scorer on; no labels are used.")],
-    calibration_rows: Annotated[Path, typer.Argument(help="Other rows of the same task to calibrate the threshold on.")],
-    out: Annotated[Path, typer.Option("--out", "-o", help="Directory for the calibrated policy.")],
-    epsilon: Annotated[float, typer.Option(help="Largest acceptable fraction of answers that differ from the full model's.")] = 0.05,
-    delta: Annotated[float, typer.Option(help="Allowed probability that the calibration sample misleads (confidence 1 - delta).")] = 0.05,
-    features: Annotated[str, typer.Option(help="Comma-separated features of the scorer.")] = "gap,top_prob,depth,agree_prev",
-    first_check: Annotated[int, typer.Option(help="First layer (1-based) whose lens is read: the policy never "
-                                             "exits before it. Must be below the last layer.")] = 1,
-) -> None:
-    """Fit a stop policy whose exit threshold is certified by Learn then Test: risk <= epsilon w.p. >= 1 - delta.
-
-    The thresholds tested come from the training rows' scores; the calibration rows only choose among them.
-    """
-    train = load_collection(train_rows)
-    calibration = load_collection(calibration_rows)
-    if train.model_identity != calibration.model_identity:
-        raise ValueError(f"{train_rows} and {calibration_rows} come from different models")
-    names = _features(features)
-    layers = train.top1.shape[1]
-    if not 1 <= first_check <= layers - 1:
-        raise ValueError(f"--first-check must be in 1..{layers - 1} (layer {layers} is the last: no early exit "
-                         f"is possible there), got {first_check}")
-    policy = CalibratedPolicy(names, first_check=first_check).fit(train.select(names), train.top1)
-    certificate = policy.calibrate(calibration.select(names), calibration.top1, epsilon, delta)
-    policy.save(out, train.model_identity)
-    if math.isinf(certificate.threshold):
-        err.print(f"no threshold passed with {certificate.calibration_prompts} calibration prompts: the policy "
-                  f"never exits early (more calibration prompts or a larger epsilon would let it)")
-    typer.echo(json.dumps({"saved_to": str(out), "certificate": certificate.to_dict()}, indent=2))
