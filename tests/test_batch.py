@@ -1,14 +1,12 @@
 import numpy as np
 import pytest
 import torch
-from conftest import char_tokenizer
 
 from adainfer.engine.batch import check_layer_inputs, encode_batch, select_rows
 from adainfer.engine.executor import LayerInputs
-from adainfer.engine.loading import LoadedModel
-from adainfer.engine.model import EarlyExitModel, PromptError
+from adainfer.engine.model import PromptError
 from adainfer.inference.predict import predict, predict_batch
-from adainfer.testing.tiny_models import TINY_CONFIGS, tiny_model
+from adainfer.testing.tiny_models import TINY_CONFIGS, tiny_exit_model
 
 # Different lengths, different last characters; row 1 exits first, so a middle row leaves.
 PROMPTS = ["Q: the cat sat\nA:", "hi", "Q: a long and winding prompt about films\nA", "Q: dull!"]
@@ -17,15 +15,9 @@ ALL_FEATURES = ("gap", "top_prob", "depth", "cos_attn", "cos_mlp", "cos_hidden")
 NO_MLP = ("gap", "top_prob", "depth", "cos_attn", "cos_hidden")
 
 
-def _early_exit_model(family: str) -> EarlyExitModel:
-    loaded = LoadedModel(model=tiny_model(family), tokenizer=char_tokenizer(), name=f"tiny-{family}",
-                         source="memory", cache_path=None, load_seconds=0.0, converted_now=False)
-    return EarlyExitModel(loaded)
-
-
 @pytest.fixture(scope="module", params=sorted(TINY_CONFIGS))
 def model(request):
-    return _early_exit_model(request.param)
+    return tiny_exit_model(request.param)
 
 
 class PerPromptPolicy:
@@ -71,7 +63,7 @@ def test_each_row_equals_its_prompt_run_alone(model):
 
 @pytest.mark.parametrize("family", sorted(TINY_CONFIGS))
 def test_sublayer_features_follow_rows_out_of_the_batch(family):
-    model = _early_exit_model(family)
+    model = tiny_exit_model(family)
     policy = PerPromptPolicy(model, PROMPTS, EXIT_LAYERS, ALL_FEATURES)
     for prompt, result in zip(PROMPTS, predict_batch(model, PROMPTS, policy)):
         _assert_same(result, predict(model, prompt, policy))
@@ -99,13 +91,13 @@ def test_one_prompt_and_no_prompts(model):
 
 
 def test_a_bad_prompt_fails_the_batch_like_predict():
-    model = _early_exit_model("llama")
+    model = tiny_exit_model("llama")
     with pytest.raises(PromptError, match="empty"):
         predict_batch(model, ["Q: fine\nA:", "  "], PerPromptPolicy(model, PROMPTS[:1], [2], ("gap",)))
 
 
 def test_encode_batch_left_pads_and_counts_positions_from_each_rows_first_token():
-    model = _early_exit_model("gpt2")
+    model = tiny_exit_model("gpt2")
     batch = encode_batch(model, ["abcd", "xy"])
     assert batch.lengths == [4, 2]
     assert batch.attention_mask.tolist() == [[1, 1, 1, 1], [0, 0, 1, 1]]

@@ -17,8 +17,7 @@ from adainfer.engine.model import EarlyExitModel
 from adainfer.policies.crf import CRFPolicy
 from adainfer.policies.svm import SVMPolicy
 from adainfer.data.tasks import read_prompts_jsonl
-from adainfer.testing.tiny_models import tiny_model
-from conftest import char_tokenizer
+from adainfer.testing.tiny_models import char_tokenizer, tiny_model
 
 SPACE = 95  # the char tokenizer's id of " ": the gold token of every `Q: ..\nA:` prompt
 runner = CliRunner()

@@ -41,7 +41,7 @@ def test_candidate_features_are_the_softmax_over_the_candidates_logits(model):
     inputs = model.executor.prepare(model.encode(PROMPT))
     last = model.executor.run_layers(inputs.embeddings, inputs, 0, 2)[:, -1]
     logits = model.executor.lens(last)
-    restricted = model.executor.lens(last, token_ids=torch.tensor(CANDIDATES))
+    restricted = model.executor.lens(last, rows=torch.tensor(CANDIDATES))
     torch.testing.assert_close(restricted, logits[:, CANDIDATES])
     probs = torch.softmax(logits[0, CANDIDATES], dim=-1).sort(descending=True).values
     trace = model.trace(PROMPT, ("cand_gap", "cand_top_prob"), CANDIDATES)

@@ -8,7 +8,8 @@ import itertools
 import pytest
 import torch
 
-from adainfer.inference.decoder import DraftHead, KVDecoder
+from adainfer.engine.lens import HeadRows
+from adainfer.inference.decoder import KVDecoder
 from adainfer.inference.generate import GeneratedToken, generate
 from adainfer.engine.model import EarlyExitModel
 from adainfer.policies.gap import GapThresholdPolicy
@@ -149,15 +150,18 @@ def test_policy_exit_in_fast_mode_reads_the_lens_from_first_check(models):
     assert result.lens_rows == 1 + 5  # the prompt's last position, then one read per token
 
 
-def test_draft_head_is_the_lens_argmax_over_its_candidates(models):
-    model = models("gemma2")  # soft-capped: the draft head skips the cap, which cannot move the argmax
-    head = DraftHead(model, first_ids=30, extra_ids=[70, 90])
-    head.add(81)
+def test_a_draft_vocabulary_reads_the_lens_argmax_over_its_rows(models):
+    model = models("gemma2")  # soft-capped: the draft read applies the cap too, like every lens read
+    rows = HeadRows(model.executor.lens, first_ids=30, extra_ids=[70, 90])
+    rows.add(81)
     candidates = torch.tensor(list(range(30)) + [70, 90, 81])
+    assert rows.token_ids == candidates.tolist() and len(rows) == 33
     for seed in range(5):
         hidden = torch.randn(model.cost_model.hidden_size, generator=torch.Generator().manual_seed(seed))
         logits = model.executor.lens(hidden)
-        assert head.argmax(hidden) == int(candidates[logits[candidates].argmax()])
+        read = model.executor.lens(hidden, rows=rows)
+        torch.testing.assert_close(read, logits[candidates])
+        assert rows.token_at(int(read.argmax())) == int(candidates[logits[candidates].argmax()])
 
 
 def test_streaming_callback_sees_every_token_in_order(models):

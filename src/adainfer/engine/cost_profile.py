@@ -9,7 +9,7 @@ over s tokens reuse each weight s times. A `CostProfile` times each part on the 
 - one decoder layer over s tokens (the mean over all layers of a prefill through
   `executor.run_layers`: local and global attention layers differ in Gemma 3);
 - one full-vocabulary lens check on the last position (`executor.lens(last)`);
-- one candidate check of a few head rows (`executor.lens(last, token_ids=...)`);
+- one candidate check of a few head rows (`executor.lens(last, rows=...)`);
 - the model's own dense forward with `logits_to_keep=1`, to compare with L layers + one check;
 
 each the median of `repeats` runs after one warm-up, at each measured sequence length.
@@ -177,7 +177,7 @@ def measure_cost_profile(model: EarlyExitModel, seq_lens: Sequence[int], repeats
         times["layer_seconds"].append(prefill / model.num_layers)
         times["full_check_seconds"].append(_median_seconds(lambda: executor.lens(last), repeats, device))
         times["candidate_check_seconds"].append(
-            _median_seconds(lambda: executor.lens(last, token_ids=candidates), repeats, device))
+            _median_seconds(lambda: executor.lens(last, rows=candidates), repeats, device))
         times["dense_seconds"].append(_median_seconds(
             lambda: model.model(input_ids=input_ids, use_cache=False, logits_to_keep=1), repeats, device))
         if on_seq_len is not None:

@@ -10,6 +10,7 @@ the model's forward would run, and layers that are never replayed are never comp
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -17,6 +18,7 @@ import torch
 from torch import nn
 
 from adainfer.engine.families import FamilySpec, family_of, resolve
+from adainfer.engine.lens import Lens
 
 
 @dataclass
@@ -67,22 +69,19 @@ class _LayerRecorder(nn.Module):
 
 
 class LayerExecutor:
-    """Layer-by-layer access to a frozen causal LM: `prepare`, `run_layers`, `lens`."""
+    """Layer-by-layer access to a frozen causal LM: `prepare`, `run_layers`, and its `lens` (`engine.lens.Lens`)."""
 
     def __init__(self, model: nn.Module) -> None:
         self.model = model
         self.family: FamilySpec = family_of(model)
         self.layers: nn.ModuleList = resolve(model, self.family.layers)
-        self.final_norm = resolve(model, self.family.final_norm)
-        self.post_norm_projection = resolve(model, self.family.post_norm_projection)
-        self.head: nn.Module = resolve(model, self.family.head)
+        self.lens = Lens(model, self.family)
+        self.head: nn.Module = self.lens.head
         if self.layers is None or self.head is None:
             raise ValueError(
                 f"{type(model).__name__} has no {self.family.layers!r} or {self.family.head!r}: "
                 "its family spec does not match this transformers version"
             )
-        attr = self.family.logit_softcap_attr
-        self.logit_softcap: float | None = getattr(model.config, attr, None) if attr else None
 
     @property
     def num_layers(self) -> int:
@@ -130,34 +129,19 @@ class LayerExecutor:
         return inputs
 
     @torch.no_grad()
-    def run_layers(self, hidden: torch.Tensor, inputs: LayerInputs, start: int, stop: int) -> torch.Tensor:
+    def run_layers(self, hidden: torch.Tensor, inputs: LayerInputs, start: int, stop: int,
+                   on_layer: Callable[[int, torch.Tensor], None] | None = None) -> torch.Tensor:
         """Apply decoder layers `start` (inclusive) to `stop` (exclusive) to `hidden` (batch, seq, hidden).
 
         `run_layers(inputs.embeddings, inputs, 0, num_layers)` is the full model before its final norm.
+        `on_layer(index, output)`, when given, sees each layer's 0-based index and output (batch, seq,
+        hidden) as it is computed: how a full-depth trace keeps every layer's state.
         """
         if not 0 <= start <= stop <= self.num_layers:
             raise ValueError(f"need 0 <= start <= stop <= {self.num_layers}, got start={start}, stop={stop}")
         for index in range(start, stop):
             output = self.layers[index](hidden, *inputs.layer_args[index], **inputs.layer_kwargs[index])
             hidden = output[0] if isinstance(output, tuple) else output
+            if on_layer is not None:
+                on_layer(index, hidden)
         return hidden
-
-    @torch.no_grad()
-    def lens(self, hidden: torch.Tensor, token_ids: torch.Tensor | None = None) -> torch.Tensor:
-        """Logit lens: the model's own final norm, projection, LM head and soft-cap on `hidden` (..., hidden).
-
-        Pass only the positions you need (usually the last token): the head costs V*h per row.
-        With `token_ids` (n,) only those rows of the head run, giving logits (..., n) at n*h per row.
-        """
-        if self.final_norm is not None:
-            hidden = self.final_norm(hidden)
-        if self.post_norm_projection is not None:
-            hidden = self.post_norm_projection(hidden)
-        if token_ids is None:
-            logits = self.head(hidden)
-        else:
-            bias = self.head.bias[token_ids] if getattr(self.head, "bias", None) is not None else None
-            logits = torch.nn.functional.linear(hidden, self.head.weight[token_ids], bias)
-        if self.logit_softcap is not None:
-            logits = torch.tanh(logits / self.logit_softcap) * self.logit_softcap
-        return logits

@@ -149,7 +149,7 @@ class FeatureReader:
         if self.full_vocab:
             return self._from_logits(layer, last, self.executor.lens(last).float())
         return self._from_logits(layer, last, None,
-                                 self.executor.lens(last, token_ids=self.candidate_ids).float())
+                                 self.executor.lens(last, rows=self.candidate_ids).float())
 
     def read_all(self, lasts: torch.Tensor) -> list[LayerReadout]:
         """`read` for every layer at once from the last-token states (layers, batch, hidden).
@@ -159,7 +159,7 @@ class FeatureReader:
         """
         logits = self.executor.lens(lasts).float() if self.full_vocab else None
         cand_logits = (None if self.full_vocab
-                       else self.executor.lens(lasts, token_ids=self.candidate_ids).float())
+                       else self.executor.lens(lasts, rows=self.candidate_ids).float())
         return [self._from_logits(layer, lasts[layer], None if logits is None else logits[layer],
                                   None if cand_logits is None else cand_logits[layer])
                 for layer in range(lasts.shape[0])]
@@ -209,7 +209,7 @@ class FeatureReader:
     def check_units(self) -> int:
         """Cost of one check in the paper's units (one unit = 2h FLOPs): V, or |C| for candidates only."""
         if self.full_vocab:
-            return self.executor.head.weight.shape[0]
+            return self.executor.lens.vocab_size
         return len(self.candidate_ids)
 
 

@@ -102,17 +102,18 @@ class EarlyExitModel:
               candidate_ids: Sequence[int] | None = None) -> LayerTrace:
         """Run every layer on `prompt` and read the named features after each; for collection and oracles.
 
-        The full-vocabulary lens always runs, so `top1` is the model's own top-1 at every layer.
+        The full-vocabulary lens always runs, so `top1` is the model's own top-1 at every layer. No
+        row ever leaves, so the layers run in one `run_layers` call (no walk), and the lens reads
+        every layer's last-token state in one product (`FeatureReader.read_all`): the head's V*h
+        weights are read once per prompt instead of once per layer.
         """
         input_ids = self.encode(prompt).to(self.executor.head.weight.device)
         inputs = self.executor.prepare(input_ids)
-        hidden = inputs.embeddings
-        lasts = []
+        lasts: list[torch.Tensor] = []  # each layer's output at the last position, (1, hidden)
         with FeatureReader(self.executor, feature_names, candidate_ids, full_vocab=True) as reader:
-            reader.reset(hidden)
-            for layer in range(self.num_layers):
-                hidden = self.executor.run_layers(hidden, inputs, layer, layer + 1)
-                lasts.append(hidden[:, -1])
+            reader.reset(inputs.embeddings)
+            self.executor.run_layers(inputs.embeddings, inputs, 0, self.num_layers,
+                                     on_layer=lambda _, hidden: lasts.append(hidden[:, -1]))
             readouts = reader.read_all(torch.stack(lasts))
         features, top1 = as_numpy(readouts)
         cand_top1 = (np.array([int(readout.cand_top1[0]) for readout in readouts])

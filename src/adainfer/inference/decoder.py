@@ -14,6 +14,9 @@ forward with `LayerExecutor`, so every layer that runs is the model's own module
 - `crop(length)`: forget every cache entry from position `length` on, in every layer (rejected
   drafts), with the cache class's own `crop`.
 
+Every logit is read by the executor's one lens (`adainfer.engine.lens`): verification reads its q
+rows weight-major, and a draft at a fixed layer may read a draft vocabulary (`HeadRows`) only.
+
 The layers an early pass skips still owe key/value entries to later tokens. `early_pass` can fill
 them by *state propagation* (CALM, Schuster et al. 2022): the exit layer's hidden state is copied
 forward as the input of every skipped layer, and only that layer's attention block runs on it -
@@ -26,19 +29,16 @@ from __future__ import annotations
 import copy
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import torch
-import torch.nn.functional as F
 from transformers import DynamicCache
 
-from adainfer.engine.executor import LayerExecutor, LayerInputs
-from adainfer.engine.walk import walk
+from adainfer.engine.executor import LayerInputs
 from adainfer.engine.families import resolve
+from adainfer.engine.lens import HeadRows
 from adainfer.engine.model import EarlyExitModel
-
-if TYPE_CHECKING:
-    from adainfer.inference.predict import StopPolicy
+from adainfer.engine.walk import walk
+from adainfer.policies.base import StopPolicy
 
 
 class _AttentionDone(Exception):
@@ -60,98 +60,6 @@ class EarlyStep:
     hidden: torch.Tensor  # (1, 1, hidden): the exit layer's output at this position
 
 
-class DraftHead:
-    """The logit lens restricted to candidate tokens, for choosing drafts cheaply.
-
-    On a large vocabulary the LM head costs more than the decoder (Gemma 3 270M: V*h = 168M
-    multiply-adds per row against ~5M per layer), so a draft read through the full head is barely
-    cheaper than a dense step. A draft only has to be a good guess - verification decides - so it is
-    read from candidate rows only, as FR-Spec (Zhao et al. 2025) drafts from frequent tokens. The
-    candidates are ids 0..first_ids-1 (a view of the head, no copy) plus `extra_ids` and every
-    token passed to `add`. The model's final norm and projection are applied; its soft-cap is not,
-    being monotonic it cannot change the argmax.
-    """
-
-    def __init__(self, model: EarlyExitModel, first_ids: int, extra_ids: Sequence[int] = ()) -> None:
-        self.executor = model.executor
-        head = self.executor.head
-        vocab_size = head.weight.shape[0]
-        if first_ids < 0 or any(not 0 <= int(token) < vocab_size for token in extra_ids):
-            raise ValueError(f"draft vocabulary must be ids in 0..{vocab_size - 1}")
-        self.first_ids = min(first_ids, vocab_size)
-        self.first_weight, self.first_bias = self._rows(slice(0, self.first_ids))  # views, no copy
-        self.extra = sorted({int(token) for token in extra_ids if int(token) >= self.first_ids})
-        self.extra_weight, self.extra_bias = self._rows(torch.tensor(self.extra, dtype=torch.long))
-        if not self.first_ids and not self.extra:
-            raise ValueError("draft vocabulary is empty")
-
-    def _rows(self, index: slice | torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
-        bias = getattr(self.executor.head, "bias", None)
-        return self.executor.head.weight.detach()[index], None if bias is None else bias.detach()[index]
-
-    @property
-    def rows(self) -> int:
-        """Candidate rows one draft reads: its cost in `adainfer.engine.cost` units."""
-        return self.first_ids + len(self.extra)
-
-    def add(self, token_id: int) -> None:
-        """Make `token_id` a candidate (one row appended)."""
-        if token_id >= self.first_ids and token_id not in self.extra:
-            self.extra.append(token_id)
-            weight, bias = self._rows(torch.tensor([token_id]))
-            self.extra_weight = torch.cat([self.extra_weight, weight])
-            if bias is not None:
-                self.extra_bias = torch.cat([self.extra_bias, bias])
-
-    @torch.no_grad()
-    def argmax(self, hidden: torch.Tensor) -> int:
-        """The candidate with the highest logit for one hidden state (hidden,)."""
-        if self.executor.final_norm is not None:
-            hidden = self.executor.final_norm(hidden)
-        if self.executor.post_norm_projection is not None:
-            hidden = self.executor.post_norm_projection(hidden)
-        best, best_logit = -1, float("-inf")
-        if self.first_ids:
-            logits = F.linear(hidden, self.first_weight, self.first_bias)
-            best = int(logits.argmax())
-            best_logit = float(logits[best])
-        if self.extra:
-            logits = F.linear(hidden, self.extra_weight, self.extra_bias)
-            index = int(logits.argmax())
-            if float(logits[index]) > best_logit:
-                best = self.extra[index]
-        return best
-
-
-class _WeightMajorHead(torch.nn.Module):
-    """A linear LM head computed as W @ x.T instead of x @ W.T: the same product, summed in another order.
-
-    Verification reads q = 2..8 rows at once. On a CPU, MKL runs x @ W.T with so few rows 2-3x
-    slower than W @ x.T (Gemma 3 270M, one thread: 2 rows 89 ms against 28 ms; one row 44 ms
-    either way), which would eat the saving of reading the head's weights once for q tokens.
-    """
-
-    def __init__(self, head: torch.nn.Linear) -> None:
-        super().__init__()
-        self.head = head
-
-    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
-        rows = hidden.reshape(-1, hidden.shape[-1])
-        logits = torch.mm(self.head.weight, rows.T).T
-        if self.head.bias is not None:
-            logits = logits + self.head.bias
-        return logits.reshape(*hidden.shape[:-1], -1)
-
-
-def _verification_lens(executor: LayerExecutor) -> LayerExecutor:
-    """The executor's own `lens` (norm, projection, soft-cap) with a weight-major head, when it is linear."""
-    if type(executor.head) is not torch.nn.Linear:
-        return executor
-    view = copy.copy(executor)
-    view.head = _WeightMajorHead(executor.head)
-    return view
-
-
 class KVDecoder:
     """Batch-size-1 decoding state: a `DynamicCache` built from the model's config, and its length.
 
@@ -164,7 +72,6 @@ class KVDecoder:
     def __init__(self, model: EarlyExitModel, record_past: bool = False) -> None:
         self.model = model
         self.executor = model.executor
-        self._many_rows_lens = _verification_lens(model.executor)
         self.cache = DynamicCache(config=model.model.config)
         if record_past:
             self.cache.activate_past_recording()
@@ -193,18 +100,19 @@ class KVDecoder:
         hidden = self.executor.run_layers(inputs.embeddings, inputs, 0, self.num_layers)
         self.length += len(token_ids)
         rows = len(token_ids) if logits_for is None else logits_for
-        return (self.executor if rows == 1 else self._many_rows_lens).lens(hidden[0, -rows:])
+        return self.executor.lens(hidden[0, -rows:], weight_major=rows > 1)
 
     @torch.no_grad()
     def early_pass(self, token_id: int, exit_layer: int | None = None, policy: StopPolicy | None = None,
-                   first_check: int | None = None, fill: bool = True, draft_head: DraftHead | None = None) -> EarlyStep:
+                   first_check: int | None = None, fill: bool = True, draft_rows: HeadRows | None = None) -> EarlyStep:
         """Feed one token until `exit_layer` (fixed, 1..L) or until `policy` accepts; choose the next token.
 
         With a policy, layers are walked as in prediction (`adainfer.engine.walk`): the lens is read from
         the policy's learned `first_check_` (or `first_check` when given) on, the policy sees the
         features of the layers checked, and the last layer always answers. With `fill`, the skipped layers get K/V by state propagation (module
         docstring); without it they are left short, which only a caller that crops them before
-        they are read may do. `draft_head` replaces the full lens for a fixed exit layer.
+        they are read may do. `draft_rows` (a draft vocabulary) replace the full vocabulary of the lens
+        for a fixed exit layer.
         """
         if (exit_layer is None) == (policy is None):
             raise ValueError("give exactly one of exit_layer and policy")
@@ -214,7 +122,10 @@ class KVDecoder:
                 raise ValueError(f"exit layer must be in 1..{self.num_layers}, got {exit_layer}")
             hidden = self.executor.run_layers(inputs.embeddings, inputs, 0, exit_layer)
             last = hidden[0, -1]
-            token = draft_head.argmax(last) if draft_head else int(self.executor.lens(last).argmax())
+            if draft_rows is None:
+                token = int(self.executor.lens(last).argmax())
+            else:
+                token = draft_rows.token_at(int(self.executor.lens(last, rows=draft_rows).argmax()))
             exit_at, checks = exit_layer, 1
         else:
             hidden, token, exit_at, checks = self._run_until_policy(inputs, policy, first_check)
@@ -247,7 +158,7 @@ class KVDecoder:
                 view.layers[index] = stand_in
             inputs = self.executor.prepare(torch.tensor([list(token_ids)]), past_key_values=view)
             hidden = self.executor.run_layers(hidden, inputs, start_layer, self.num_layers)
-        return (self.executor if len(token_ids) == 1 else self._many_rows_lens).lens(hidden[0])
+        return self.executor.lens(hidden[0], weight_major=len(token_ids) > 1)
 
     def _run_until_policy(self, inputs: LayerInputs, policy: StopPolicy,
                           first_check: int | None) -> tuple[torch.Tensor, int, int, int]:

@@ -22,23 +22,26 @@ import string
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import torch
 
-from adainfer.inference.decoder import DraftHead, EarlyStep, KVDecoder
+from adainfer.engine.lens import HeadRows
 from adainfer.engine.model import EarlyExitModel
-
-if TYPE_CHECKING:
-    from adainfer.inference.predict import StopPolicy
+from adainfer.inference.decoder import EarlyStep, KVDecoder
+from adainfer.policies.base import StopPolicy
 
 MODES = ("lossless", "fast")
 MAX_DRAFT = 16
 # Drafts are read from the first 32,768 ids (plus ASCII characters, the prompt's and the generated
-# tokens): byte-pair and SentencePiece vocabularies number tokens roughly by frequency. On Gemma 3
-# 270M this makes lossless decoding 1.4x faster than HF generate, where the full head makes it
-# slower (results/generation-gemma3-270m.md).
+# tokens): byte-pair and SentencePiece vocabularies number tokens roughly by frequency. On a large
+# vocabulary the LM head costs more than the decoder (Gemma 3 270M: V*h = 168M multiply-adds per row
+# against ~5M per layer), so a draft read through the full head is barely cheaper than a dense step;
+# a draft only has to be a good guess (verification decides), so it is read from these rows only, as
+# FR-Spec (Zhao et al. 2025) drafts from frequent tokens. On Gemma 3 270M this makes lossless
+# decoding 1.4x faster than HF generate, where the full head makes it slower
+# (results/generation-gemma3-270m.md).
 DEFAULT_DRAFT_VOCAB = 32768
 
 
@@ -57,8 +60,8 @@ class GenerationResult:
 
     `layer_passes`: decoder layers applied to one position (drafts, verification, early passes).
     `attention_only_passes`: skipped layers whose K/V came from state propagation (fast mode).
-    `lens_rows`: full-vocabulary LM-head products; `draft_head_rows`: products through the
-    restricted draft head. `draft_lengths` / `accepted_lengths`: per verification (lossless).
+    `lens_rows`: full-vocabulary LM-head products; `draft_head_rows`: draft reads of the draft
+    vocabulary's rows only. `draft_lengths` / `accepted_lengths`: per verification (lossless).
     `kv_lengths`: positions cached per layer at the end; the last token is never fed back, so it is
     prompt_tokens + len(token_ids) - 1 in every layer. `first_token_seconds`: time to first token.
     `flops_units`: FLOPs spent (`adainfer.engine.cost` units) by every pass above, each position at its
@@ -194,7 +197,7 @@ def generate(model: EarlyExitModel, prompt: str, max_new_tokens: int, mode: str 
 
     mode: "lossless" (draft early, verify at full depth; equals dense greedy decoding) or "fast"
         (each token from its exit layer, never verified).
-    policy: a stop policy (`predict.StopPolicy`) choosing each token's exit layer, walked as in
+    policy: a stop policy (`policies.base.StopPolicy`) choosing each token's exit layer, walked as in
         prediction: the lens is read from its learned check schedule (`first_check_`) on, or from
         `first_check` when given. Otherwise `draft_layer` (1..L) is the fixed
         exit layer of every draft (lossless) or of every token (fast, where it has no default).
@@ -204,7 +207,7 @@ def generate(model: EarlyExitModel, prompt: str, max_new_tokens: int, mode: str 
         is cut before it (streamed pieces are not). A stop string never produced runs to the end.
     draft_vocab: lossless drafts at a fixed layer are read from these token ids (an int N means
         ids 0..N-1 and `ascii_character_tokens`) plus the prompt's and each generated token,
-        instead of the full vocabulary (`decoding.DraftHead`); None reads the full lens.
+        instead of the full vocabulary (`engine.lens.HeadRows`); None reads the full lens.
         Verification always uses the full head, so this changes the acceptance rate and the
         speed, never the output. Unused with a policy (its features need the full lens) and in
         fast mode.
@@ -239,15 +242,15 @@ def generate(model: EarlyExitModel, prompt: str, max_new_tokens: int, mode: str 
     stops = [stop] if isinstance(stop, str) else list(stop or [])
     output = _Output(model, max_new_tokens, stops, on_token)
     if mode == "lossless":
-        draft_head = None
+        draft_rows = None
         if draft_vocab is not None and policy is None:
             if isinstance(draft_vocab, int):
                 first_ids, extra_ids = draft_vocab, ascii_character_tokens(model)
             else:
                 first_ids, extra_ids = 0, list(draft_vocab)
-            draft_head = DraftHead(model, first_ids, extra_ids + prompt_ids)
+            draft_rows = HeadRows(model.executor.lens, first_ids, extra_ids + prompt_ids)
         decoder, counts = _lossless(model, prompt_ids, output, policy, draft_layer, first_check,
-                                    draft_head, initial_draft)
+                                    draft_rows, initial_draft)
     else:
         decoder, counts = _fast(model, prompt_ids, output, policy, draft_layer, first_check)
     return GenerationResult(
@@ -266,17 +269,17 @@ def _prefill(decoder: KVDecoder, prompt_ids: list[int], output: _Output, counts:
 
 
 def _count_early(counts: dict[str, Any], step: EarlyStep, decoder: KVDecoder,
-                 draft_head: DraftHead | None = None) -> None:
+                 draft_rows: HeadRows | None = None) -> None:
     """Count one early pass; it just fed position decoder.length - 1, over a context of decoder.length."""
     counts["layer_passes"] += step.exit_layer
     counts["attention_only_passes"] += step.filled_layers
-    if draft_head is None:
+    if draft_rows is None:
         counts["lens_rows"] += step.lens_checks
     else:
         counts["draft_head_rows"] += 1
     cost, context = decoder.model.cost_model, decoder.length
     counts["flops_units"] += (cost.decode_units(step.exit_layer, context, step.lens_checks,
-                                                draft_head.rows if draft_head else None)
+                                                len(draft_rows) if draft_rows is not None else None)
                               + step.filled_layers * cost.attention_units(context))
 
 
@@ -302,7 +305,7 @@ def _fast(model: EarlyExitModel, prompt_ids: list[int], output: _Output, policy:
 
 
 def _lossless(model: EarlyExitModel, prompt_ids: list[int], output: _Output, policy: StopPolicy | None,
-              draft_layer: int | None, first_check: int | None, draft_head: DraftHead | None,
+              draft_layer: int | None, first_check: int | None, draft_rows: HeadRows | None,
               initial_draft: int) -> tuple[KVDecoder, dict[str, Any]]:
     """Draft-then-verify rounds.
 
@@ -323,16 +326,16 @@ def _lossless(model: EarlyExitModel, prompt_ids: list[int], output: _Output, pol
     token = _prefill(decoder, prompt_ids, output, counts)
     draft_size = min(initial_draft, MAX_DRAFT)
     while token is not None:
-        if draft_head is not None:
-            draft_head.add(token)
+        if draft_rows is not None:
+            draft_rows.add(token)
         committed = decoder.length  # positions whose K/V is final; `token` goes at this one
         fed, drafts, steps = [], [], []
         for _ in range(min(draft_size, output.remaining)):
             fed.append(drafts[-1] if drafts else token)
             step = decoder.early_pass(fed[-1], exit_layer=None if policy else draft_layer, policy=policy,
                                       first_check=first_check, fill=policy is not None,
-                                      draft_head=draft_head)
-            _count_early(counts, step, decoder, draft_head)
+                                      draft_rows=draft_rows)
+            _count_early(counts, step, decoder, draft_rows)
             drafts.append(step.token_id)
             steps.append(step)
             if step.token_id in output.eos_ids:

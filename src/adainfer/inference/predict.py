@@ -8,22 +8,14 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
-from typing import Any, Protocol
+from typing import Any
 
-import numpy as np
 import torch
 
 from adainfer.engine.batch import check_layer_inputs, encode_batch
 from adainfer.engine.model import EarlyExitModel
 from adainfer.engine.walk import WalkResult, walk
-
-
-class StopPolicy(Protocol):
-    """What prediction needs from a policy (see `adainfer.policies`)."""
-
-    features: tuple[str, ...]
-
-    def should_exit(self, trace: np.ndarray) -> bool: ...
+from adainfer.policies.base import StopPolicy
 
 
 @dataclass

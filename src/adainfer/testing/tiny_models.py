@@ -1,11 +1,15 @@
 """Tiny randomly initialised models of every supported family, built from configs (no download).
 
-For tests and benchmarks: they check behaviour and speed shape, not answers.
+For tests and benchmarks: they check behaviour and speed shape, not answers. `char_tokenizer`
+gives them a tokenizer of one token per printable character, exactly their 97 ids.
 """
 
 from __future__ import annotations
 
+import string
+
 import torch
+from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
 from transformers import (
     Gemma2Config,
     Gemma3TextConfig,
@@ -16,10 +20,14 @@ from transformers import (
     MistralConfig,
     OPTConfig,
     PreTrainedModel,
+    PreTrainedTokenizerFast,
     Qwen2Config,
     Qwen3Config,
 )
 from transformers import AutoModelForCausalLM
+
+from adainfer.engine.loading import LoadedModel
+from adainfer.engine.model import EarlyExitModel
 
 VOCAB = 97
 _COMMON = dict(vocab_size=VOCAB, hidden_size=32, intermediate_size=64, num_hidden_layers=4,
@@ -47,3 +55,20 @@ def tiny_model(family: str, seed: int = 0) -> PreTrainedModel:
     config = TINY_CONFIGS[family]()
     config.initializer_range = 0.2
     return AutoModelForCausalLM.from_config(config, dtype=torch.float32).eval()
+
+
+def char_tokenizer() -> PreTrainedTokenizerFast:
+    """One token per printable character and newline, plus <unk>: exactly the tiny models' 97 ids."""
+    symbols = ["<unk>", *string.printable[:95], "\n"]
+    assert len(symbols) == VOCAB
+    core = Tokenizer(models.WordLevel({symbol: i for i, symbol in enumerate(symbols)}, unk_token="<unk>"))
+    core.pre_tokenizer = pre_tokenizers.Split(Regex(r"[\s\S]"), behavior="isolated")
+    core.decoder = decoders.Fuse()
+    return PreTrainedTokenizerFast(tokenizer_object=core, unk_token="<unk>")
+
+
+def tiny_exit_model(family: str, seed: int = 0) -> EarlyExitModel:
+    """`tiny_model(family, seed)` with `char_tokenizer`, ready for early exit, built in memory."""
+    loaded = LoadedModel(model=tiny_model(family, seed), tokenizer=char_tokenizer(), name=f"tiny-{family}",
+                         source="memory", cache_path=None, load_seconds=0.0, converted_now=False)
+    return EarlyExitModel(loaded)
