@@ -16,7 +16,7 @@ from adainfer.data.tasks import read_prompts_jsonl
 from adainfer.engine.features import PAPER_FEATURES
 from adainfer.eval.collect import collect as collect_rows
 from adainfer.eval.collect import load_collection
-from adainfer.eval.replay import evaluate_policy, training_labels
+from adainfer.eval.replay import evaluate_policy, fit_on
 from adainfer.policies.calibrated import CalibratedPolicy
 from adainfer.policies.crf import CRFPolicy
 from adainfer.policies.gap import GapThresholdPolicy
@@ -68,8 +68,7 @@ def train(
         estimator = GapThresholdPolicy(threshold=threshold, feature=names[0])
     else:
         estimator = POLICIES[policy](features=names)
-    X = collection.select(estimator.features)
-    estimator.fit(X, training_labels(estimator, collection))
+    fit_on(estimator, collection)
     estimator.save(out, collection.model_identity)
     report = evaluate_policy(estimator, collection).to_dict()
     typer.echo(json.dumps({"policy": policy, "features": list(estimator.features), "saved_to": str(out),
@@ -114,7 +113,7 @@ def calibrate(
     if not 1 <= first_check <= layers - 1:
         raise ValueError(f"--first-check must be in 1..{layers - 1} (layer {layers} is the last: no early exit "
                          f"is possible there), got {first_check}")
-    policy = CalibratedPolicy(names, first_check=first_check).fit(train.select(names), train.top1)
+    policy = fit_on(CalibratedPolicy(names, first_check=first_check), train)
     certificate = policy.calibrate(calibration.select(names), calibration.top1, epsilon, delta)
     policy.save(out, train.model_identity)
     if math.isinf(certificate.threshold):

@@ -13,16 +13,16 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from adainfer.policies.calibrated import CalibratedPolicy, exits_at, learn_then_test
-from adainfer.eval.collect import Collection
 from adainfer.engine.cost_profile import CostProfile
-from adainfer.engine.schedule import policy_first_check
-from adainfer.policies.decisions import oracle_exit_layers
-from adainfer.eval.replay import evaluate_policy, fit_on
 from adainfer.engine.features import PAPER_FEATURES
+from adainfer.engine.schedule import policy_first_check
+from adainfer.eval.collect import Collection
 from adainfer.eval.harness import SettingData
+from adainfer.eval.replay import evaluate_policy, fit_on, replay_exits
 from adainfer.policies.base import StopPolicy
+from adainfer.policies.calibrated import CalibratedPolicy, exits_at, learn_then_test
 from adainfer.policies.crf import CRFPolicy
+from adainfer.policies.decisions import oracle_exit_layers
 from adainfer.policies.gap import GapThresholdPolicy
 from adainfer.policies.svm import SVMPolicy
 
@@ -223,7 +223,7 @@ def calibration_rows(data: SettingData, epsilon: float, delta: float, splits: in
     none) and `fraction_within_epsilon_all_splits` is the vacuous overall figure. The guarantee
     holds empirically when `fraction_within_epsilon` is at least 1 - delta.
     """
-    policy = CalibratedPolicy(tuple(features)).fit(data.train.select(features), data.train.top1)
+    policy = fit_on(CalibratedPolicy(tuple(features)), data.train)
     scores = policy.margins(data.eval.select(features))
     rng = np.random.default_rng(seed)
     risks, saved, finite, exited, accuracy_changes = [], [], [], [], []
@@ -236,10 +236,9 @@ def calibration_rows(data: SettingData, epsilon: float, delta: float, splits: in
         certificate = learn_then_test(scores[calibration], data.eval.top1[calibration], epsilon, delta,
                                       policy.threshold_grid_, policy.first_check)
         exits = exits_at(scores[test], certificate.threshold, policy.first_check)
-        top1, gold = data.eval.top1[test], data.eval.gold[test]
-        answers = top1[np.arange(len(test)), exits - 1]
-        risks.append(float((answers != top1[:, -1]).mean()))
-        accuracy_changes.append(float((answers == gold).mean() - (top1[:, -1] == gold).mean()))
+        replayed = replay_exits(exits, data.eval.subset(test))
+        risks.append(float(replayed.changed.mean()))
+        accuracy_changes.append(float(replayed.correct.mean() - replayed.dense_correct.mean()))
         saved.append(float(1 - exits.mean() / layers))
         finite.append(bool(np.isfinite(certificate.threshold)))
         exited.append(bool((exits < layers).any()))

@@ -17,10 +17,10 @@ matplotlib.use("Agg")  # files only; never needs a display
 import matplotlib.pyplot as plt
 import numpy as np
 
-from adainfer.policies.decisions import exit_layers, oracle_exit_layers
-from adainfer.eval.replay import fit_on
-from adainfer.eval.harness import SettingData
 from adainfer.eval.experiments import Method, layer_accuracy
+from adainfer.eval.harness import SettingData
+from adainfer.eval.replay import fit_on, policy_decisions
+from adainfer.policies.decisions import exit_layers, oracle_exit_layers
 
 
 def _label(data: SettingData) -> str:
@@ -69,7 +69,7 @@ def exit_histogram_figure(data: SettingData, methods: Sequence[Method], path: Pa
             fit_on(policy, data.train)
         except ValueError:
             continue  # untrainable here; the tables say why
-        exits[method.name] = exit_layers(policy.predict(data.eval.select(policy.features)))
+        exits[method.name] = exit_layers(policy_decisions(policy, data.eval))
     figure, axis = plt.subplots(figsize=(6, 4))
     bins = np.arange(0.5, num_layers + 1.5)
     for name, layers in exits.items():

@@ -12,13 +12,13 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
-from adainfer.eval.collect import Collection
 from adainfer.engine.cost import CostModel
 from adainfer.engine.cost_profile import CostProfile
-from adainfer.engine.schedule import lens_reads, reads_previous_lens
-from adainfer.policies.decisions import exit_layers, oracle_exit_layers, scheduled_decisions, stable_labels
 from adainfer.engine.features import needs_full_vocab
+from adainfer.engine.schedule import lens_reads, reads_previous_lens
+from adainfer.eval.collect import Collection
 from adainfer.policies.base import StopPolicy
+from adainfer.policies.decisions import answers_at, exit_layers, oracle_exit_layers, scheduled_decisions, stable_labels
 
 BOOTSTRAP_RESAMPLES = 1000
 BOOTSTRAP_SEED = 0
@@ -92,7 +92,11 @@ def training_labels(policy: StopPolicy, collection: Collection) -> np.ndarray:
     one matches gold about 1/|C| of the time at any layer, junk layers included, so the paper's
     label teaches it to exit at once (SST-2: layer 1, -12.5 points on Gemma 3 270M). It learns
     instead when the best candidate will not change any more (`stable_labels` of `cand_top1`).
+    A `label_free` policy (the calibrated SVM) learns when the model's own top-1 will not change
+    any more (`stable_labels` of `top1`), whatever its features.
     """
+    if policy.label_free:
+        return stable_labels(collection.top1)
     if reads_candidates_only(policy, collection):
         return stable_labels(collection.cand_top1)
     return collection.labels
@@ -103,12 +107,54 @@ def fit_on(policy: StopPolicy, collection: Collection) -> StopPolicy:
     return policy.fit(collection.select(policy.features), training_labels(policy, collection))
 
 
+def policy_decisions(policy: StopPolicy, collection: Collection, first_check: int = 1) -> np.ndarray:
+    """The online decisions (prompts, layers) of `policy` on `collection`, asked from `first_check` on."""
+    return scheduled_decisions(policy, collection.select(policy.features), first_check)
+
+
 def evaluate_policy(policy: StopPolicy, collection: Collection, first_check: int = 1,
                     profile: CostProfile | None = None) -> PolicyReport:
     """Replay `policy` over `collection` (not the data it was fitted on), checking from `first_check`."""
-    decisions = scheduled_decisions(policy, collection.select(policy.features), first_check)
-    return evaluate_decisions(decisions, collection, reads_candidates_only(policy, collection), first_check,
+    return evaluate_decisions(policy_decisions(policy, collection, first_check), collection,
+                              reads_candidates_only(policy, collection), first_check,
                               reads_previous_lens(policy.features), profile)
+
+
+@dataclass
+class Replayed:
+    """Per prompt, under one answer rule (the full vocabulary's top-1, or the best candidate): the
+    exit layer (1-based), the answer given there, the dense model's answer (its last layer's) and gold.
+    `answers_by_layer` (prompts, layers) is the rule's answer at every layer."""
+
+    exits: np.ndarray
+    answers: np.ndarray
+    dense: np.ndarray
+    gold: np.ndarray
+    answers_by_layer: np.ndarray
+
+    @property
+    def correct(self) -> np.ndarray:
+        return self.answers == self.gold
+
+    @property
+    def dense_correct(self) -> np.ndarray:
+        return self.dense == self.gold
+
+    @property
+    def changed(self) -> np.ndarray:
+        """Where the answer differs from the dense model's: the risk that calibration bounds."""
+        return self.answers != self.dense
+
+
+def replay_exits(exits: np.ndarray, collection: Collection, candidates_only: bool = False) -> Replayed:
+    """What each prompt of `collection` answers when it exits at `exits` (prompts,), 1-based.
+
+    The one path from exit layers to answers: with `candidates_only` the answer is the best
+    candidate (`cand_top1`), else the full vocabulary's top-1, and the dense answer follows the same rule.
+    """
+    chosen = collection.cand_top1 if candidates_only else collection.top1
+    return Replayed(exits=exits, answers=answers_at(exits, chosen), dense=chosen[:, -1], gold=collection.gold,
+                    answers_by_layer=chosen)
 
 
 def evaluate_decisions(decisions: np.ndarray, collection: Collection, candidates_only: bool,
@@ -125,10 +171,7 @@ def evaluate_decisions(decisions: np.ndarray, collection: Collection, candidates
     if decisions[:, : first_check - 1].any():
         raise ValueError(f"decisions accept layers before first_check={first_check}")
     exits = exit_layers(decisions)
-    rows = np.arange(len(exits))
-    chosen = collection.cand_top1 if candidates_only else collection.top1
-    answers = chosen[rows, exits - 1]
-    dense = chosen[:, -1]  # the full model under the same answer rule (vocabulary or candidates)
+    replayed = replay_exits(exits, collection, candidates_only)
     cost = cost_model_of(collection)
     layers = cost.num_layers
     reads = lens_reads(exits, first_check, reads_previous, layers)
@@ -139,8 +182,7 @@ def evaluate_decisions(decisions: np.ndarray, collection: Collection, candidates
     timed = None if profile is None else float(np.mean([
         profile.estimated_time_ratio(int(e), int(s), int(c), candidates_only)
         for e, s, c in zip(exits, collection.seq_len, reads)]))
-    correct = answers == collection.gold
-    dense_correct = dense == collection.gold
+    correct, dense_correct = replayed.correct, replayed.dense_correct
     change = correct.astype(np.int8) - dense_correct.astype(np.int8)
     saved = 1 - exits / layers
     early = exits < layers
@@ -153,13 +195,13 @@ def evaluate_decisions(decisions: np.ndarray, collection: Collection, candidates
         accuracy_change=float(change.mean()),
         accuracy_change_low=change_low,
         accuracy_change_high=change_high,
-        agreement_with_dense=float((answers == dense).mean()),
+        agreement_with_dense=float((replayed.answers == replayed.dense).mean()),
         mean_exit_layer=float(exits.mean()),
         var_exit_layer=float(exits.var()),
         layers_saved=float(saved.mean()),
         layers_saved_low=saved_low,
         layers_saved_high=saved_high,
-        oracle_layers_saved=float(1 - oracle_exit_layers(chosen).mean() / layers),
+        oracle_layers_saved=float(1 - oracle_exit_layers(replayed.answers_by_layer).mean() / layers),
         paper_flops_ratio=float(np.mean(paper)),
         honest_flops_ratio=float(np.mean(honest)),
         mean_lens_reads=float(reads.mean()),
