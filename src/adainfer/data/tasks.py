@@ -1,7 +1,7 @@
 """Tasks: examples from the shared datasets, and the prompts the model answers.
 
 A task is declared once in ``TASKS`` (which files hold its train and eval splits, which reader in
-``task_readers`` turns a file into rows, its closed answer set and its group in the paper's
+``data.readers`` turns a file into rows, its closed answer set and its group in the paper's
 tables); everything else is generic. Prompts follow Todd et al. (2024), which AdaInfer uses for
 its metric: a zero-shot prompt is ``Q: {x}\\nA:``, a few-shot prompt puts
 ``Q: {x_k}\\nA: {y_k}\\n\\n`` before it for each demonstration. The model must produce the first

@@ -1,4 +1,4 @@
-"""Batches for early exit (used by `predict.predict_batch`): padding, and rows leaving the batch.
+"""Batches for early exit: padding, and rows leaving the batch (for `engine.walk` and `inference.predict`).
 
 Prompts are left-padded, so the last position of every row is its last real token, and their
 position ids count real tokens only, so every row sees exactly the positions it would see alone

@@ -35,7 +35,7 @@ KNOWN_FEATURES: tuple[str, ...] = ("gap", "top_prob", "depth", "cos_attn", "cos_
 def needs_full_vocab(feature_names: Sequence[str], has_candidates: bool) -> bool:
     """Whether reading these features takes the V*h lens; if not, checks and answers use the candidates.
 
-    The one rule for live prediction (`FeatureReader`) and replay (`evaluate.evaluate_policy`).
+    The one rule for live prediction (`FeatureReader`) and replay (`eval.replay.evaluate_policy`).
     """
     return not has_candidates or any(name in FULL_VOCAB_FEATURES for name in feature_names)
 

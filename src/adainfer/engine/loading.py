@@ -105,10 +105,11 @@ def _resolve(source: str | None, cache: Path) -> tuple[str, Path]:
 
 def _read_pretrained(directory: Path, **kwargs) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     # fp32 on purpose: bf16 is ~50x slower on common CPUs and the 1e-4 faithfulness checks need it.
+    # local_files_only: nothing is downloaded, without touching the process's environment.
     model = AutoModelForCausalLM.from_pretrained(
-        directory, dtype=torch.float32, trust_remote_code=False, **kwargs
+        directory, dtype=torch.float32, trust_remote_code=False, local_files_only=True, **kwargs
     )
-    tokenizer = AutoTokenizer.from_pretrained(directory, trust_remote_code=False, **kwargs)
+    tokenizer = AutoTokenizer.from_pretrained(directory, trust_remote_code=False, local_files_only=True, **kwargs)
     return model, tokenizer
 
 
@@ -131,7 +132,6 @@ def load_model(source: str | None = None, cache_dir: str | Path | None = None) -
     `source` is an embedded model name (default gemma3-270m), a local Hugging Face directory,
     or a .gguf file. GGUF sources are converted once into `cache_root(cache_dir)/models/`.
     """
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
     start = time.perf_counter()
     name, path = _resolve(source, cache_root(cache_dir))
     cache_path: Path | None = None

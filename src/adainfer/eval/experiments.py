@@ -78,7 +78,7 @@ def score(policy: StopPolicy, train: Collection, evaluation: Collection,
     report = _with_oracle_share(every_layer.to_dict())
     report.update({"train_prompts": len(train), "first_check": first_check,
                    **{f"scheduled_{key}": scheduled.to_dict()[key] for key in SCHEDULED_FIGURES}})
-    # Per-prompt values, for intervals over several settings (`tables.summarise`); never written.
+    # Per-prompt values, for intervals over several settings (`eval.report.summarise`); never written.
     report["_per_prompt"] = {**every_layer.per_prompt,
                              **{f"scheduled_{key}": values for key, values in scheduled.per_prompt.items()}}
     return report

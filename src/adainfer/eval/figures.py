@@ -1,4 +1,7 @@
-"""The paper's figures from collected settings, as PNG (matplotlib, no display needed).
+"""The paper's figures from collected settings, as PNG files.
+
+Each figure is a `matplotlib.figure.Figure` drawn on its own Agg canvas: no pyplot, so no global
+backend is set and no figure is left registered anywhere.
 
 Figure 1: accuracy of the logit lens at each layer, one line per task. Figure 3: gap and top
 probability by layer, mean with a band of one standard deviation. Plus, per task, histograms of
@@ -10,12 +13,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
-import matplotlib
-
-matplotlib.use("Agg")  # files only; never needs a display
-
-import matplotlib.pyplot as plt
 import numpy as np
+from matplotlib.axes import Axes
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
 
 from adainfer.eval.experiments import Method, layer_accuracy
 from adainfer.eval.harness import SettingData
@@ -29,7 +30,7 @@ def _label(data: SettingData) -> str:
 
 def layer_accuracy_figure(settings: Sequence[SettingData], path: Path) -> Path:
     """Figure 1: top-1 accuracy of the lens after each layer, on each setting's eval prompts."""
-    figure, axis = plt.subplots(figsize=(6, 4))
+    figure, axis = _figure()
     for data in settings:
         accuracy = layer_accuracy(data.eval)
         axis.plot(np.arange(1, len(accuracy) + 1), accuracy, marker="o", markersize=3, label=_label(data))
@@ -43,7 +44,7 @@ def layer_accuracy_figure(settings: Sequence[SettingData], path: Path) -> Path:
 
 def lens_features_figure(data: SettingData, path: Path) -> Path:
     """Figure 3: mean and spread of `gap` and `top_prob` by layer on one setting's eval prompts."""
-    figure, axis = plt.subplots(figsize=(6, 4))
+    figure, axis = _figure()
     layers = np.arange(1, data.eval.features.shape[1] + 1)
     for name in ("gap", "top_prob"):
         values = data.eval.select([name])[..., 0]
@@ -70,7 +71,7 @@ def exit_histogram_figure(data: SettingData, methods: Sequence[Method], path: Pa
         except ValueError:
             continue  # untrainable here; the tables say why
         exits[method.name] = exit_layers(policy_decisions(policy, data.eval))
-    figure, axis = plt.subplots(figsize=(6, 4))
+    figure, axis = _figure()
     bins = np.arange(0.5, num_layers + 1.5)
     for name, layers in exits.items():
         axis.hist(layers, bins=bins, histtype="step", linewidth=1.5, label=name)
@@ -81,10 +82,16 @@ def exit_histogram_figure(data: SettingData, methods: Sequence[Method], path: Pa
     return _save(figure, path)
 
 
-def _save(figure: plt.Figure, path: Path) -> Path:
+def _figure() -> tuple[Figure, Axes]:
+    """A 6 x 4 inch figure with one axis, on an Agg canvas of its own."""
+    figure = Figure(figsize=(6, 4))
+    FigureCanvasAgg(figure)
+    return figure, figure.subplots()
+
+
+def _save(figure: Figure, path: Path) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     figure.tight_layout()
     figure.savefig(path, dpi=120)
-    plt.close(figure)
     return path

@@ -10,16 +10,15 @@ import hashlib
 import importlib.metadata
 import json
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
 from pathlib import Path
 
 import pandas as pd
 
+from adainfer.engine.cost_profile import CostProfile
 from adainfer.engine.files import write_text_atomic
-
-if TYPE_CHECKING:
-    from adainfer.engine.cost_profile import CostProfile
-    from adainfer.eval.harness import SettingData
+from adainfer.eval import experiments, figures
+from adainfer.eval.harness import SettingData
+from adainfer.eval.replay import bootstrap_interval
 
 # What a reader of Tables 2/3 wants per (task, method), in order.
 SUMMARY_COLUMNS: tuple[str, ...] = (
@@ -114,8 +113,6 @@ def summarise(rows: Sequence[dict], by: Sequence[str] = ("task", "method")) -> p
 
 def _intervals(per_prompt: "pd.core.groupby.SeriesGroupBy") -> list[tuple[str, list, list]]:
     """(figure, lows, highs) for each per-prompt figure, one value per group, in group order."""
-    from adainfer.eval.replay import bootstrap_interval
-
     names = sorted({name for values in per_prompt.obj if isinstance(values, dict) for name in values})
     result = []
     for name in names:
@@ -146,16 +143,14 @@ def write_table(frame: pd.DataFrame, path_stem: Path, title: str, command: str, 
     return [csv_path, json_path, md_path]
 
 
-def write_report(settings: Sequence["SettingData"], out_dir: Path, command: str,
-                 profile: "CostProfile | None" = None) -> list[Path]:
+def write_report(settings: Sequence[SettingData], out_dir: Path, command: str,
+                 profile: CostProfile | None = None) -> list[Path]:
     """Every table and figure of the evaluation for `settings`, under `out_dir`; returns the paths.
 
     Tables 2/3 (per task and per group), 4 (a classifier trained on one task, applied to the
     others, on the first few-shot setting of each task), 7 (factor study), Figures 1 and 3, and an
     exit-layer histogram per task.
     """
-    from adainfer.eval import experiments, figures  # the report layer sits on top of scoring and plotting
-
     out_dir = Path(out_dir)
     written: list[Path] = []
     rows = [row for data in settings for row in experiments.setting_rows(data, profile=profile)]
@@ -231,7 +226,7 @@ def write_report(settings: Sequence["SettingData"], out_dir: Path, command: str,
     return written
 
 
-def provenance(settings: Sequence["SettingData"], profile: "CostProfile | None" = None) -> dict[str, object]:
+def provenance(settings: Sequence[SettingData], profile: CostProfile | None = None) -> dict[str, object]:
     """What a set of tables was computed from: each setting's prompt counts and trace hash, the
     hash of them all, the cost profile's machine, and the versions of the libraries that fit and
     score the policies."""
