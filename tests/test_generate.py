@@ -10,7 +10,8 @@ import torch
 
 from adainfer.engine.lens import HeadRows
 from adainfer.inference.decoder import KVDecoder
-from adainfer.inference.generate import GeneratedToken, generate
+from adainfer.inference.generate import generate
+from adainfer.inference.stream import GeneratedToken
 from adainfer.engine.model import EarlyExitModel
 from adainfer.policies.gap import GapThresholdPolicy
 from adainfer.testing.tiny_models import TINY_CONFIGS
@@ -235,7 +236,7 @@ def test_argument_errors_are_clear(models):
 def test_a_character_split_over_byte_tokens_is_streamed_once_complete():
     from types import SimpleNamespace
 
-    from adainfer.inference.generate import _Output
+    from adainfer.inference.stream import TokenStream
 
     pieces = {1: b"\xc3", 2: b"\xa9", 3: b"!"}
     tokenizer = SimpleNamespace(decode=lambda ids, skip_special_tokens: b"".join(pieces[i] for i in ids)
@@ -243,7 +244,7 @@ def test_a_character_split_over_byte_tokens_is_streamed_once_complete():
     config = SimpleNamespace(eos_token_id=None)
     model = SimpleNamespace(tokenizer=tokenizer, model=SimpleNamespace(generation_config=config, config=config))
     seen: list[GeneratedToken] = []
-    output = _Output(model, 3, [], seen.append)
+    output = TokenStream(model, 3, [], seen.append)
     for token in (1, 2, 3):
         output.emit(token, 1)
     assert [token.text for token in seen] == ["", "é", "!"] and output.text == "é!"

@@ -9,7 +9,7 @@ from __future__ import annotations
 import hashlib
 import importlib.metadata
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import pandas as pd
@@ -152,7 +152,6 @@ def write_report(settings: Sequence[SettingData], out_dir: Path, command: str,
     exit-layer histogram per task.
     """
     out_dir = Path(out_dir)
-    written: list[Path] = []
     rows = [row for data in settings for row in experiments.setting_rows(data, profile=profile)]
     origin = provenance(settings, profile)
     traced = (f"Traces: {len(settings)} settings, {sum(item['eval_prompts'] for item in origin['settings'])} eval "
@@ -162,21 +161,43 @@ def write_report(settings: Sequence[SettingData], out_dir: Path, command: str,
     def table(frame: pd.DataFrame, name: str, title: str, notes: str = "") -> list[Path]:
         return write_table(frame, out_dir / name, title, command, traced + notes)
 
+    shown = _one_setting_per_task(settings)
+    written = _policy_tables(rows, shown, table)
+    calibration = pd.DataFrame([experiments.calibration_rows(data, epsilon, delta)
+                                for data in settings for epsilon, delta in RISK_LEVELS])
+    written += table(calibration, "calibration", "Learn-then-Test calibration: the guarantee "
+                     "checked over 100 random calibration/test splits", _calibration_notes(calibration))
+    factors = summarise([row for data in settings for row in experiments.factor_rows(data)], by=("task", "features"))
+    written += table(factors, "factor_study", "Factor study (paper Table 7): SVM features", LEGEND)
+    written += _figures(shown, out_dir / "figures")
+    public_rows = [{key: value for key, value in row.items() if not key.startswith("_")} for row in rows]
+    written.append(write_text_atomic(out_dir / "rows.json", json.dumps({"command": command, "rows": public_rows},
+                                                                       indent=1) + "\n"))
+    written.append(write_text_atomic(out_dir / "provenance.json", json.dumps(origin, indent=1) + "\n"))
+    return written
+
+
+def _one_setting_per_task(settings: Sequence[SettingData]) -> list[SettingData]:
+    """The setting that stands for each task in Table 4 and the figures: its fewest-shot few-shot one."""
+    by_task: dict[str, list] = {}
+    for data in settings:
+        by_task.setdefault(data.setting.name.split("/")[0], []).append(data)
+    return [min(items, key=lambda d: (d.setting.shots == 0, d.setting.shots)) for items in by_task.values()]
+
+
+def _policy_tables(rows: list[dict], shown: list[SettingData],
+                   table: Callable[..., list[Path]]) -> list[Path]:
+    """Tables 2/3 per task (and per k), per group, Table 4 across tasks, and the oracle comparisons."""
     tasks = summarise(rows)
-    written += table(tasks, "tasks", "AdaInfer per task (paper Tables 2 and 3)",
-                     "Few-shot rows average the listed numbers of demonstrations; `prompts` and `train_prompts` "
-                     "add up the settings averaged. " + LEGEND)
+    written = table(tasks, "tasks", "AdaInfer per task (paper Tables 2 and 3)",
+                    "Few-shot rows average the listed numbers of demonstrations; `prompts` and `train_prompts` "
+                    "add up the settings averaged. " + LEGEND)
     if len({row["shots"] for row in rows if row["shots"] > 0}) > 1:
         written += table(by_shots(rows), "tasks_by_shots", "AdaInfer per task and number of demonstrations k "
                          "(the few-shot rows of `tasks.md` average these)", LEGEND)
     groups = tasks.merge(pd.DataFrame(rows)[["task", "group"]].drop_duplicates(), on="task")
     written += table(group_average(groups), "groups", "AdaInfer per task group",
                      "Unweighted means of the per-task rows; intervals are per task, in `tasks.md`.\n\n")
-    by_task: dict[str, list] = {}
-    for data in settings:
-        by_task.setdefault(data.setting.name.split("/")[0], []).append(data)
-    # One setting per task stands for it in Table 4 and the figures: its fewest-shot few-shot one.
-    shown = [min(items, key=lambda d: (d.setting.shots == 0, d.setting.shots)) for items in by_task.values()]
     first_few_shot = [data for data in shown if data.setting.shots > 0]
     if len(first_few_shot) > 1:
         transfer = pd.DataFrame(experiments.transfer_rows(first_few_shot, first_few_shot))
@@ -191,38 +212,36 @@ def write_report(settings: Sequence[SettingData], out_dir: Path, command: str,
     written += table(best_within(tasks), "best_within_1pt", "Best policy per task at <= 1 point accuracy loss",
                      "The method saving most layers among those whose mean accuracy change is >= -1 point; the "
                      "interval says whether that loss is resolved at this number of prompts.\n\n" + LEGEND)
-    calibration = pd.DataFrame([experiments.calibration_rows(data, epsilon, delta)
-                                for data in settings for epsilon, delta in RISK_LEVELS])
-    written += table(calibration, "calibration", "Learn-then-Test calibration: the guarantee "
-                           "checked over 100 random calibration/test splits",
-                           "Each split calibrates the threshold on `calibration_prompts` eval prompts ("
-                           f"{', '.join(map(str, sorted(set(calibration['calibration_prompts']))))} here) and "
-                           "measures, on the other `test_prompts` ("
-                           f"{', '.join(map(str, sorted(set(calibration['test_prompts']))))}), the fraction of "
-                           "answers that differ from the full model's (`mean_disagreement`, `p95_disagreement` "
-                           "over splits). The thresholds tested come from the train traces' scores, fixed before "
-                           "calibration. `splits_certifying_exits` (out of `splits`): splits whose certified "
-                           "threshold is finite and lets at least one test prompt exit before the last layer (a "
-                           "finite threshold is needed for any exit, so it equals `splits_with_early_exits`). "
-                           "`fraction_within_epsilon`: among those splits only, the fraction whose test "
-                           "disagreement is <= epsilon; empty when no split certifies an early exit. The "
-                           "guarantee holds empirically when it is >= 1 - delta. "
-                           "`fraction_within_epsilon_all_splits` also counts splits that never exit early, "
-                           "which keep any promise trivially. `accuracy_change`, `layers_saved` and "
-                           "`saved_of_oracle` are means over all splits.\n\n")
-    factors = summarise([row for data in settings for row in experiments.factor_rows(data)], by=("task", "features"))
-    written += table(factors, "factor_study", "Factor study (paper Table 7): SVM features", LEGEND)
-    figure_dir = out_dir / "figures"
-    written.append(figures.layer_accuracy_figure(shown, figure_dir / "layer_accuracy.png"))
+    return written
+
+
+def _calibration_notes(calibration: pd.DataFrame) -> str:
+    """What the calibration table's columns mean, with the split sizes it used."""
+    return ("Each split calibrates the threshold on `calibration_prompts` eval prompts ("
+            f"{', '.join(map(str, sorted(set(calibration['calibration_prompts']))))} here) and "
+            "measures, on the other `test_prompts` ("
+            f"{', '.join(map(str, sorted(set(calibration['test_prompts']))))}), the fraction of "
+            "answers that differ from the full model's (`mean_disagreement`, `p95_disagreement` "
+            "over splits). The thresholds tested come from the train traces' scores, fixed before "
+            "calibration. `splits_certifying_exits` (out of `splits`): splits whose certified "
+            "threshold is finite and lets at least one test prompt exit before the last layer (a "
+            "finite threshold is needed for any exit, so it equals `splits_with_early_exits`). "
+            "`fraction_within_epsilon`: among those splits only, the fraction whose test "
+            "disagreement is <= epsilon; empty when no split certifies an early exit. The "
+            "guarantee holds empirically when it is >= 1 - delta. "
+            "`fraction_within_epsilon_all_splits` also counts splits that never exit early, "
+            "which keep any promise trivially. `accuracy_change`, `layers_saved` and "
+            "`saved_of_oracle` are means over all splits.\n\n")
+
+
+def _figures(shown: list[SettingData], figure_dir: Path) -> list[Path]:
+    """Figure 1 over the tasks, then Figure 3 and an exit-layer histogram per task."""
+    written = [figures.layer_accuracy_figure(shown, figure_dir / "layer_accuracy.png")]
     for data in shown:
         task = data.setting.name.split("/")[0]
         written.append(figures.lens_features_figure(data, figure_dir / f"lens_features_{task}.png"))
         written.append(figures.exit_histogram_figure(
             data, experiments.PAPER_METHODS[:1] + experiments.OUR_METHODS, figure_dir / f"exit_layers_{task}.png"))
-    public_rows = [{key: value for key, value in row.items() if not key.startswith("_")} for row in rows]
-    written.append(write_text_atomic(out_dir / "rows.json", json.dumps({"command": command, "rows": public_rows},
-                                                                       indent=1) + "\n"))
-    written.append(write_text_atomic(out_dir / "provenance.json", json.dumps(origin, indent=1) + "\n"))
     return written
 
 

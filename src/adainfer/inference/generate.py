@@ -30,6 +30,7 @@ import torch
 from adainfer.engine.lens import HeadRows
 from adainfer.engine.model import EarlyExitModel
 from adainfer.inference.decoder import EarlyStep, KVDecoder
+from adainfer.inference.stream import GeneratedToken, TokenStream
 from adainfer.policies.base import StopPolicy
 
 MODES = ("lossless", "fast")
@@ -43,15 +44,6 @@ MAX_DRAFT = 16
 # decoding 1.4x faster than HF generate, where the full head makes it slower
 # (results/generation-gemma3-270m.md).
 DEFAULT_DRAFT_VOCAB = 32768
-
-
-@dataclass
-class GeneratedToken:
-    """One emitted token, as the streaming callback sees it: `text` is what it adds to the output."""
-
-    token_id: int
-    text: str
-    exit_layer: int  # depth whose lens chose it; num_layers for tokens the full model chose
 
 
 @dataclass
@@ -119,63 +111,6 @@ class GenerationResult:
                 "layers_per_token": self.layers_per_token, "honest_flops_ratio": self.honest_flops_ratio}
 
 
-class _Output:
-    """Collects emitted tokens, streams them, and decides when to stop (length, end of sequence, stop string)."""
-
-    def __init__(self, model: EarlyExitModel, max_new_tokens: int, stop: Sequence[str],
-                 on_token: Callable[[GeneratedToken], None] | None) -> None:
-        self.tokenizer = model.tokenizer
-        self.max_new_tokens = max_new_tokens
-        self.stop = [text for text in stop if text]
-        self.on_token = on_token
-        self.eos_ids = eos_token_ids(model)
-        self.token_ids: list[int] = []
-        self.exit_layers: list[int] = []
-        self.text = ""
-        self.streamed = ""  # the part of `text` already passed to `on_token`
-        self.finish_reason: str | None = None
-        self.started = time.perf_counter()
-        self.first_token_seconds = 0.0
-
-    def emit(self, token_id: int, exit_layer: int) -> bool:
-        """Record one token and stream it; True when generation must stop after it."""
-        if not self.token_ids:
-            self.first_token_seconds = time.perf_counter() - self.started
-        self.token_ids.append(token_id)
-        self.exit_layers.append(exit_layer)
-        self.text = self.tokenizer.decode(self.token_ids, skip_special_tokens=True)
-        found = [self.text.find(stop) for stop in self.stop if stop in self.text]
-        if token_id in self.eos_ids:
-            self.finish_reason = "eos"
-        elif found:
-            self.finish_reason = "stop"
-        elif len(self.token_ids) >= self.max_new_tokens:
-            self.finish_reason = "length"
-        added = ""
-        # A character split over several byte tokens decodes as U+FFFD until its last byte arrives.
-        if self.text.startswith(self.streamed) and (self.finish_reason or not self.text.endswith("\ufffd")):
-            added, self.streamed = self.text[len(self.streamed):], self.text
-        if self.on_token is not None:
-            self.on_token(GeneratedToken(token_id=token_id, text=added, exit_layer=exit_layer))
-        if found:
-            self.text = self.text[: min(found)]
-        return self.finish_reason is not None
-
-    @property
-    def remaining(self) -> int:
-        return self.max_new_tokens - len(self.token_ids)
-
-
-def eos_token_ids(model: EarlyExitModel) -> set[int]:
-    """The ids that end generation, as `model.generate` reads them (generation config, then config)."""
-    eos = getattr(getattr(model.model, "generation_config", None), "eos_token_id", None)
-    if eos is None:
-        eos = model.model.config.eos_token_id
-    if eos is None:
-        return set()
-    return {int(eos)} if isinstance(eos, int) else {int(token) for token in eos}
-
-
 def ascii_character_tokens(model: EarlyExitModel) -> list[int]:
     """The ids of printable ASCII characters tokenised one at a time.
 
@@ -217,6 +152,27 @@ def generate(model: EarlyExitModel, prompt: str, max_new_tokens: int, mode: str 
     whose length plus max_new_tokens exceeds the model's context: the message gives the largest
     max_new_tokens that fits (we refuse rather than truncate silently).
     """
+    draft_layer = _check_request(model, mode, max_new_tokens, policy, draft_layer, initial_draft)
+    prompt_ids = _prompt_ids(model, prompt, max_new_tokens)
+    stops = [stop] if isinstance(stop, str) else list(stop or [])
+    output = TokenStream(model, max_new_tokens, stops, on_token)
+    if mode == "lossless":
+        draft_rows = None if draft_vocab is None or policy is not None else _draft_rows(model, draft_vocab, prompt_ids)
+        decoder, stats = _lossless(model, prompt_ids, output, policy, draft_layer, first_check, draft_rows,
+                                   initial_draft)
+    else:
+        decoder, stats = _fast(model, prompt_ids, output, policy, draft_layer, first_check)
+    return GenerationResult(
+        text=output.text, token_ids=output.token_ids, exit_layers=output.exit_layers, mode=mode,
+        num_layers=model.num_layers, prompt_tokens=len(prompt_ids), finish_reason=output.finish_reason,
+        kv_lengths=decoder.layer_lengths(), seconds=time.perf_counter() - output.started,
+        first_token_seconds=output.first_token_seconds, **asdict(stats),
+    )
+
+
+def _check_request(model: EarlyExitModel, mode: str, max_new_tokens: int, policy: StopPolicy | None,
+                   draft_layer: int | None, initial_draft: int) -> int | None:
+    """Validate `generate`'s arguments; the fixed draft or exit layer (None with a policy)."""
     if mode not in MODES:
         raise ValueError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
     if max_new_tokens <= 0:
@@ -231,6 +187,11 @@ def generate(model: EarlyExitModel, prompt: str, max_new_tokens: int, mode: str 
             raise ValueError(f"draft layer must be in 1..{model.num_layers}, got {draft_layer}")
     if initial_draft < 1:
         raise ValueError(f"initial_draft must be >= 1, got {initial_draft}")
+    return draft_layer
+
+
+def _prompt_ids(model: EarlyExitModel, prompt: str, max_new_tokens: int) -> list[int]:
+    """The prompt's token ids, refusing a prompt that leaves no room for `max_new_tokens` in the context."""
     prompt_ids = model.encode(prompt)[0].tolist()
     room = model.max_context - len(prompt_ids)
     if max_new_tokens > room:
@@ -239,74 +200,81 @@ def generate(model: EarlyExitModel, prompt: str, max_new_tokens: int, mode: str 
             f"max_new_tokens={max_new_tokens} does not fit; use at most {max(room, 0)}"
             + (" (the prompt alone fills the context)" if room <= 0 else "")
         )
-    stops = [stop] if isinstance(stop, str) else list(stop or [])
-    output = _Output(model, max_new_tokens, stops, on_token)
-    if mode == "lossless":
-        draft_rows = None
-        if draft_vocab is not None and policy is None:
-            if isinstance(draft_vocab, int):
-                first_ids, extra_ids = draft_vocab, ascii_character_tokens(model)
-            else:
-                first_ids, extra_ids = 0, list(draft_vocab)
-            draft_rows = HeadRows(model.executor.lens, first_ids, extra_ids + prompt_ids)
-        decoder, counts = _lossless(model, prompt_ids, output, policy, draft_layer, first_check,
-                                    draft_rows, initial_draft)
+    return prompt_ids
+
+
+def _draft_rows(model: EarlyExitModel, draft_vocab: int | Sequence[int], prompt_ids: list[int]) -> HeadRows:
+    """The draft vocabulary: ids 0..N-1 and ASCII characters for an int N, else the ids given; plus the prompt's."""
+    if isinstance(draft_vocab, int):
+        first_ids, extra_ids = draft_vocab, ascii_character_tokens(model)
     else:
-        decoder, counts = _fast(model, prompt_ids, output, policy, draft_layer, first_check)
-    return GenerationResult(
-        text=output.text, token_ids=output.token_ids, exit_layers=output.exit_layers, mode=mode,
-        num_layers=model.num_layers, prompt_tokens=len(prompt_ids), finish_reason=output.finish_reason,
-        kv_lengths=decoder.layer_lengths(), seconds=time.perf_counter() - output.started,
-        first_token_seconds=output.first_token_seconds, **counts,
-    )
+        first_ids, extra_ids = 0, list(draft_vocab)
+    return HeadRows(model.executor.lens, first_ids, extra_ids + prompt_ids)
 
 
-def _prefill(decoder: KVDecoder, prompt_ids: list[int], output: _Output, counts: dict[str, Any]) -> int | None:
+@dataclass
+class GenerationStats:
+    """What one generation spent, counted per (position, layer), prompt excluded: the cost fields of
+    `GenerationResult`, which documents each. The passes below add to it as they run."""
+
+    layer_passes: int = 0
+    attention_only_passes: int = 0
+    lens_rows: int = 0
+    draft_head_rows: int = 0
+    flops_units: int = 0
+    dense_flops_units: int = 0
+    draft_lengths: list[int] = field(default_factory=list)
+    accepted_lengths: list[int] = field(default_factory=list)
+
+    def count_early(self, step: EarlyStep, decoder: KVDecoder, draft_rows: HeadRows | None = None) -> None:
+        """Count one early pass; it just fed position decoder.length - 1, over a context of decoder.length."""
+        self.layer_passes += step.exit_layer
+        self.attention_only_passes += step.filled_layers
+        if draft_rows is None:
+            self.lens_rows += step.lens_checks
+        else:
+            self.draft_head_rows += 1
+        cost, context = decoder.model.cost_model, decoder.length
+        self.flops_units += (cost.decode_units(step.exit_layer, context, step.lens_checks,
+                                               len(draft_rows) if draft_rows is not None else None)
+                             + step.filled_layers * cost.attention_units(context))
+
+    def count_verification(self, decoder: KVDecoder, layers: int, committed: int, positions: int) -> None:
+        """Count `layers` layers and one full lens row on `positions` positions from `committed` + 1 on."""
+        self.layer_passes += layers * positions
+        self.lens_rows += positions
+        self.flops_units += sum(decoder.model.cost_model.decode_units(layers, committed + offset + 1, 1)
+                                for offset in range(positions))
+
+    def count_dense(self, decoder: KVDecoder, first_context: int, tokens: int) -> None:
+        """Add the dense cost of `tokens` decode steps over contexts first_context, first_context + 1, ..."""
+        cost = decoder.model.cost_model
+        self.dense_flops_units += sum(cost.dense_decode_units(first_context + offset) for offset in range(tokens))
+
+
+def _prefill(decoder: KVDecoder, prompt_ids: list[int], output: TokenStream, stats: GenerationStats) -> int | None:
     """Run the prompt at full depth and emit the dense first token; None if generation already ends."""
     first = int(decoder.full_pass(prompt_ids, logits_for=1)[-1].argmax())
-    counts["lens_rows"] += 1
+    stats.lens_rows += 1
     return None if output.emit(first, decoder.num_layers) else first
 
 
-def _count_early(counts: dict[str, Any], step: EarlyStep, decoder: KVDecoder,
-                 draft_rows: HeadRows | None = None) -> None:
-    """Count one early pass; it just fed position decoder.length - 1, over a context of decoder.length."""
-    counts["layer_passes"] += step.exit_layer
-    counts["attention_only_passes"] += step.filled_layers
-    if draft_rows is None:
-        counts["lens_rows"] += step.lens_checks
-    else:
-        counts["draft_head_rows"] += 1
-    cost, context = decoder.model.cost_model, decoder.length
-    counts["flops_units"] += (cost.decode_units(step.exit_layer, context, step.lens_checks,
-                                                len(draft_rows) if draft_rows is not None else None)
-                              + step.filled_layers * cost.attention_units(context))
-
-
-def _count_dense(counts: dict[str, Any], decoder: KVDecoder, first_context: int, tokens: int) -> None:
-    """Add the dense cost of `tokens` decode steps over contexts first_context, first_context + 1, ..."""
-    cost = decoder.model.cost_model
-    counts["dense_flops_units"] += sum(cost.dense_decode_units(first_context + offset) for offset in range(tokens))
-
-
-def _fast(model: EarlyExitModel, prompt_ids: list[int], output: _Output, policy: StopPolicy | None,
-          exit_layer: int | None, first_check: int | None) -> tuple[KVDecoder, dict[str, Any]]:
-    decoder = KVDecoder(model)
-    counts: dict[str, Any] = {"layer_passes": 0, "attention_only_passes": 0, "lens_rows": 0,
-                              "flops_units": 0, "dense_flops_units": 0}
-    token = _prefill(decoder, prompt_ids, output, counts)
+def _fast(model: EarlyExitModel, prompt_ids: list[int], output: TokenStream, policy: StopPolicy | None,
+          exit_layer: int | None, first_check: int | None) -> tuple[KVDecoder, GenerationStats]:
+    decoder, stats = KVDecoder(model), GenerationStats()
+    token = _prefill(decoder, prompt_ids, output, stats)
     while token is not None:
         step = decoder.early_pass(token, exit_layer=None if policy else exit_layer, policy=policy,
                                   first_check=first_check, fill=True)
-        _count_early(counts, step, decoder)
-        _count_dense(counts, decoder, decoder.length, 1)
+        stats.count_early(step, decoder)
+        stats.count_dense(decoder, decoder.length, 1)
         token = None if output.emit(step.token_id, step.exit_layer) else step.token_id
-    return decoder, counts
+    return decoder, stats
 
 
-def _lossless(model: EarlyExitModel, prompt_ids: list[int], output: _Output, policy: StopPolicy | None,
+def _lossless(model: EarlyExitModel, prompt_ids: list[int], output: TokenStream, policy: StopPolicy | None,
               draft_layer: int | None, first_check: int | None, draft_rows: HeadRows | None,
-              initial_draft: int) -> tuple[KVDecoder, dict[str, Any]]:
+              initial_draft: int) -> tuple[KVDecoder, GenerationStats]:
     """Draft-then-verify rounds.
 
     A round feeds the committed token, then each draft but the last, through early passes: q
@@ -317,46 +285,22 @@ def _lossless(model: EarlyExitModel, prompt_ids: list[int], output: _Output, pol
     and kept: verification runs only the layers above (`KVDecoder.finish_pass`). Drafts from a
     policy exit at different layers, so the cache is cropped back and every layer is recomputed.
     """
-    decoder = KVDecoder(model, record_past=True)
-    counts: dict[str, Any] = {"layer_passes": 0, "attention_only_passes": 0, "lens_rows": 0,
-                              "draft_head_rows": 0, "flops_units": 0, "dense_flops_units": 0,
-                              "draft_lengths": [], "accepted_lengths": []}
-    cost = model.cost_model
+    decoder, stats = KVDecoder(model, record_past=True), GenerationStats()
     num_layers = decoder.num_layers
-    token = _prefill(decoder, prompt_ids, output, counts)
+    token = _prefill(decoder, prompt_ids, output, stats)
     draft_size = min(initial_draft, MAX_DRAFT)
     while token is not None:
         if draft_rows is not None:
             draft_rows.add(token)
         committed = decoder.length  # positions whose K/V is final; `token` goes at this one
-        fed, drafts, steps = [], [], []
-        for _ in range(min(draft_size, output.remaining)):
-            fed.append(drafts[-1] if drafts else token)
-            step = decoder.early_pass(fed[-1], exit_layer=None if policy else draft_layer, policy=policy,
-                                      first_check=first_check, fill=policy is not None,
-                                      draft_rows=draft_rows)
-            _count_early(counts, step, decoder, draft_rows)
-            drafts.append(step.token_id)
-            steps.append(step)
-            if step.token_id in output.eos_ids:
-                break
-        if policy is None:
-            logits = decoder.finish_pass(fed, torch.cat([step.hidden for step in steps], dim=1), draft_layer)
-            verified_layers = num_layers - draft_layer
-        else:
-            decoder.crop(committed)
-            logits = decoder.full_pass(fed)
-            verified_layers = num_layers
-        counts["layer_passes"] += verified_layers * len(fed)
-        counts["lens_rows"] += len(fed)
-        counts["flops_units"] += sum(cost.decode_units(verified_layers, committed + offset + 1, 1)
-                                     for offset in range(len(fed)))
-        targets = logits.argmax(dim=-1).tolist()
+        fed, drafts, steps = _draft(decoder, token, min(draft_size, output.remaining), output.eos_ids, policy,
+                                    draft_layer, first_check, draft_rows, stats)
+        targets = _verify(decoder, fed, steps, committed, policy, draft_layer, stats)
         accepted = 0
         while accepted < len(drafts) and drafts[accepted] == targets[accepted]:
             accepted += 1
-        counts["draft_lengths"].append(len(drafts))
-        counts["accepted_lengths"].append(accepted)
+        stats.draft_lengths.append(len(drafts))
+        stats.accepted_lengths.append(accepted)
         draft_size = min(draft_size + 2, MAX_DRAFT) if accepted == len(drafts) else max(1, draft_size - 1)
         emitted = [(draft, step.exit_layer) for draft, step in zip(drafts[:accepted], steps)]
         if accepted < len(drafts):
@@ -366,7 +310,45 @@ def _lossless(model: EarlyExitModel, prompt_ids: list[int], output: _Output, pol
             if output.emit(chosen, depth):
                 token = None
                 break
-        _count_dense(counts, decoder, committed + 1, index + 1)  # emitted token i: position committed + i
+        stats.count_dense(decoder, committed + 1, index + 1)  # emitted token i: position committed + i
         # `token`'s position and those of the emitted tokens but the last keep their K/V.
         decoder.crop(committed + index + 1)
-    return decoder, counts
+    return decoder, stats
+
+
+def _draft(decoder: KVDecoder, token: int, size: int, eos_ids: set[int], policy: StopPolicy | None,
+           draft_layer: int | None, first_check: int | None, draft_rows: HeadRows | None,
+           stats: GenerationStats) -> tuple[list[int], list[int], list[EarlyStep]]:
+    """Up to `size` early passes from `token`, each feeding the previous draft, stopping after an
+    end-of-sequence draft: (tokens fed, drafts, their early steps)."""
+    fed: list[int] = []
+    drafts: list[int] = []
+    steps: list[EarlyStep] = []
+    for _ in range(size):
+        fed.append(drafts[-1] if drafts else token)
+        step = decoder.early_pass(fed[-1], exit_layer=None if policy else draft_layer, policy=policy,
+                                  first_check=first_check, fill=policy is not None, draft_rows=draft_rows)
+        stats.count_early(step, decoder, draft_rows)
+        drafts.append(step.token_id)
+        steps.append(step)
+        if step.token_id in eos_ids:
+            break
+    return fed, drafts, steps
+
+
+def _verify(decoder: KVDecoder, fed: list[int], steps: list[EarlyStep], committed: int,
+            policy: StopPolicy | None, draft_layer: int | None, stats: GenerationStats) -> list[int]:
+    """The full model's token after each fed position: its verdict on every draft.
+
+    At a fixed draft layer only the layers above it run, on the drafts' own hidden states; drafts
+    from a policy are recomputed at every layer from `committed` on.
+    """
+    if policy is None:
+        logits = decoder.finish_pass(fed, torch.cat([step.hidden for step in steps], dim=1), draft_layer)
+        verified_layers = decoder.num_layers - draft_layer
+    else:
+        decoder.crop(committed)
+        logits = decoder.full_pass(fed)
+        verified_layers = decoder.num_layers
+    stats.count_verification(decoder, verified_layers, committed, len(fed))
+    return logits.argmax(dim=-1).tolist()
