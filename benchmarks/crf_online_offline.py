@@ -33,8 +33,8 @@ import numpy as np
 import pycrfsuite
 
 from adainfer.eval.collect import Collection
-from adainfer.eval.replay import evaluate_decisions, evaluate_policy, fit_on
 from adainfer.eval.harness import SettingData, load_setting
+from adainfer.eval.replay import evaluate_decisions, evaluate_policy, fit_on
 from adainfer.policies.crf import CRFPolicy
 
 FEATURES = ("gap", "top_prob")

@@ -35,10 +35,10 @@ from pathlib import Path
 
 import torch
 
-from adainfer.inference.generate import generate
-from adainfer.engine.model import EarlyExitModel
-from adainfer.policies.io import load_policy
 from adainfer.data.tasks import default_data_dir
+from adainfer.engine.model import EarlyExitModel
+from adainfer.inference.generate import generate
+from adainfer.policies.io import load_policy
 
 
 def normalize_answer(text: str) -> str:

@@ -25,9 +25,9 @@ import torch
 from adainfer.engine.batch import encode_batch
 from adainfer.engine.features import FeatureReader
 from adainfer.engine.model import EarlyExitModel
+from adainfer.inference.predict import predict_batch
 from adainfer.policies.gap import GapThresholdPolicy
 from adainfer.policies.svm import SVMPolicy
-from adainfer.inference.predict import predict_batch
 from adainfer.testing.tiny_models import tiny_exit_model
 
 FEATURES = ("cand_gap", "cand_top_prob", "depth")

@@ -68,12 +68,12 @@ from typing import Any
 import numpy as np
 import torch
 
-from adainfer.engine.batch import PaddedBatch, encode_batch
-from adainfer.eval.harness import load_task
-from adainfer.engine.model import EarlyExitModel
-from adainfer.policies.svm import SVMPolicy
-from adainfer.inference.predict import predict, predict_batch
 from adainfer.data.tasks import build_prompts
+from adainfer.engine.batch import PaddedBatch, encode_batch
+from adainfer.engine.model import EarlyExitModel
+from adainfer.eval.harness import load_task
+from adainfer.inference.predict import predict, predict_batch
+from adainfer.policies.svm import SVMPolicy
 from suite_report import markdown
 
 CANDIDATE_FEATURES = ("cand_gap", "cand_top_prob", "depth")

@@ -11,12 +11,12 @@ from transformers import PhiConfig, PhiForCausalLM
 from typer.testing import CliRunner
 
 from adainfer.cli.app import app
+from adainfer.data.tasks import read_prompts_jsonl
+from adainfer.engine.model import EarlyExitModel
 from adainfer.eval.collect import load_collection
 from adainfer.eval.harness import Setting, collect_setting, load_task, model_slug
-from adainfer.engine.model import EarlyExitModel
 from adainfer.policies.crf import CRFPolicy
 from adainfer.policies.svm import SVMPolicy
-from adainfer.data.tasks import read_prompts_jsonl
 from adainfer.testing.tiny_models import char_tokenizer, tiny_model
 
 SPACE = 95  # the char tokenizer's id of " ": the gold token of every `Q: ..\nA:` prompt

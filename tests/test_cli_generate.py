@@ -5,8 +5,8 @@ import json
 from typer.testing import CliRunner
 
 from adainfer.cli.app import app
-from adainfer.inference.generate import generate
 from adainfer.engine.model import EarlyExitModel
+from adainfer.inference.generate import generate
 
 runner = CliRunner()
 PROMPT = "Q: the cat sat\nA:"

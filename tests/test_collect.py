@@ -3,9 +3,9 @@ import json
 import numpy as np
 import pytest
 
-from adainfer.eval.collect import CollectionFileError, collect, load_collection
-from adainfer.engine.model import EarlyExitModel
 from adainfer.data.tasks import LabelledPrompt
+from adainfer.engine.model import EarlyExitModel
+from adainfer.eval.collect import CollectionFileError, collect, load_collection
 
 FEATURES = ("gap", "top_prob", "depth")
 PROMPTS = [

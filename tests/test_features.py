@@ -4,8 +4,8 @@ import torch
 
 from adainfer.engine.features import FeatureReader, KNOWN_FEATURES
 from adainfer.engine.model import EarlyExitModel
-from adainfer.policies.gap import GapThresholdPolicy
 from adainfer.inference.predict import predict
+from adainfer.policies.gap import GapThresholdPolicy
 
 PROMPT = "Q: the cat sat\nA:"
 CANDIDATES = [66, 70, 80]  # three of the char tokenizer's ids

@@ -9,10 +9,10 @@ import pytest
 import torch
 
 from adainfer.engine.lens import HeadRows
+from adainfer.engine.model import EarlyExitModel
 from adainfer.inference.decoder import KVDecoder
 from adainfer.inference.generate import generate
 from adainfer.inference.stream import GeneratedToken
-from adainfer.engine.model import EarlyExitModel
 from adainfer.policies.gap import GapThresholdPolicy
 from adainfer.testing.tiny_models import TINY_CONFIGS
 

@@ -5,11 +5,11 @@ import json
 import numpy as np
 import pytest
 
+from adainfer.data.tasks import TASKS, TaskSpec, read_prompts_jsonl
+from adainfer.engine.model import EarlyExitModel
 from adainfer.eval.collect import load_collection
 from adainfer.eval.harness import (BASE_FEATURES, HarnessError, Setting, collect_setting, load_setting, load_task,
                               model_slug)
-from adainfer.engine.model import EarlyExitModel
-from adainfer.data.tasks import TASKS, TaskSpec, read_prompts_jsonl
 
 
 @pytest.fixture(scope="module")

@@ -3,10 +3,10 @@
 import pytest
 import torch
 
-from adainfer.engine.model import EarlyExitModel
-from adainfer.policies.gap import GapThresholdPolicy
-from adainfer.inference.predict import predict
 from adainfer.data.tasks import build_prompts, load_examples
+from adainfer.engine.model import EarlyExitModel
+from adainfer.inference.predict import predict
+from adainfer.policies.gap import GapThresholdPolicy
 
 pytestmark = pytest.mark.integration
 

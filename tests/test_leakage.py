@@ -14,8 +14,8 @@ import pytest
 from typer.testing import CliRunner
 
 from adainfer.cli.app import app
-from adainfer.eval.harness import TaskData, load_task, task_prompts
 from adainfer.data.tasks import TASKS, LabelledPrompt, read_prompts_jsonl
+from adainfer.eval.harness import TaskData, load_task, task_prompts
 
 LIMIT = 30  # prompts per split: enough draws to catch a shared pool, quick on the largest task
 SHOTS = 5  # every built-in task has at least 5 train items per key besides any query

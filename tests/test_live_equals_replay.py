@@ -4,14 +4,14 @@ under the check schedule each policy learned."""
 import numpy as np
 import pytest
 
-from adainfer.eval.collect import Collection
-from adainfer.policies.decisions import stable_labels
-from adainfer.eval.replay import evaluate_policy
 from adainfer.engine.model import EarlyExitModel
+from adainfer.eval.collect import Collection
+from adainfer.eval.replay import evaluate_policy
+from adainfer.inference.predict import predict_batch
 from adainfer.policies.crf import CRFPolicy
+from adainfer.policies.decisions import stable_labels
 from adainfer.policies.gap import GapThresholdPolicy
 from adainfer.policies.svm import SVMPolicy
-from adainfer.inference.predict import predict_batch
 
 NAMES = ("gap", "top_prob", "depth", "agree_prev")
 PROMPTS = [f"Q: {text}\nA:" for text in ("the cat sat", "a dog ran far", "red fish", "it rains today", "zero",

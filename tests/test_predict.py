@@ -5,9 +5,9 @@ import pytest
 import torch
 
 from adainfer.engine.model import EarlyExitModel, PromptError
+from adainfer.inference.predict import predict
 from adainfer.policies.gap import GapThresholdPolicy
 from adainfer.policies.svm import SVMPolicy
-from adainfer.inference.predict import predict
 
 PROMPT = "Q: the cat sat\nA:"
 ALWAYS = GapThresholdPolicy(threshold=-1.0)  # gap >= 0 > -1 after every layer

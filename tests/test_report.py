@@ -7,11 +7,11 @@ import pandas as pd
 import pytest
 
 from adainfer.eval.collect import Collection
-from adainfer.eval.harness import Setting, SettingData
 from adainfer.eval.experiments import (PAPER_METHODS, calibration_rows, dense_and_oracle, factor_rows, model_transfer_rows, score,
                              setting_rows, transfer_rows)
-from adainfer.policies.gap import GapThresholdPolicy
+from adainfer.eval.harness import Setting, SettingData
 from adainfer.eval.report import summarise, write_report
+from adainfer.policies.gap import GapThresholdPolicy
 
 LAYERS = 6
 NAMES = ("gap", "top_prob", "depth", "cos_attn", "cos_mlp", "cos_hidden", "agree_prev")

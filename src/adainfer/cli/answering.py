@@ -14,8 +14,8 @@ from rich.progress import Progress
 from adainfer.cli.common import CacheOption, ModelOption, check_prompts, clean_errors, err, open_model, parse_choices
 from adainfer.data.tasks import read_prompts_jsonl
 from adainfer.inference.generate import MODES, generate
-from adainfer.inference.stream import GeneratedToken
 from adainfer.inference.predict import predict as predict_one
+from adainfer.inference.stream import GeneratedToken
 from adainfer.policies.io import load_policy
 
 

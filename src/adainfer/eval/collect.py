@@ -20,9 +20,9 @@ from pathlib import Path
 
 import numpy as np
 
+from adainfer.data.tasks import LabelledPrompt
 from adainfer.engine.files import write_bytes_atomic
 from adainfer.engine.model import EarlyExitModel
-from adainfer.data.tasks import LabelledPrompt
 
 
 class CollectionFileError(ValueError):

@@ -19,12 +19,12 @@ from typing import Literal
 
 import numpy as np
 
-from adainfer.eval.collect import Collection, collect, load_collection, load_collection_npz, save_collection_npz
-from adainfer.engine.files import write_text_atomic
-from adainfer.engine.features import CANDIDATE_FEATURES
-from adainfer.engine.model import EarlyExitModel
 from adainfer.data.tasks import (TASKS, Example, LabelledPrompt, build_prompts, load_examples, load_jsonl_task,
                             read_prompts_jsonl, split_examples, write_prompts_jsonl)
+from adainfer.engine.features import CANDIDATE_FEATURES
+from adainfer.engine.files import write_text_atomic
+from adainfer.engine.model import EarlyExitModel
+from adainfer.eval.collect import Collection, collect, load_collection, load_collection_npz, save_collection_npz
 
 # Everything the tables read: the paper's features, its factor study's cosines, and ours.
 BASE_FEATURES: tuple[str, ...] = ("gap", "top_prob", "depth", "cos_attn", "cos_mlp", "cos_hidden", "agree_prev")
