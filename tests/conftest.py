@@ -7,17 +7,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from adainfer.testing.tiny_models import char_tokenizer, tiny_model
+from adainfer.testing.tiny_models import save_tiny_model
 
 # Tiny models run ops of microseconds; with two threads on a loaded 2-core machine, thread
 # hand-offs cost milliseconds each.
 torch.set_num_threads(1)
-
-
-def save_tiny_model(family: str, directory: Path, seed: int = 0) -> Path:
-    tiny_model(family, seed).save_pretrained(directory)
-    char_tokenizer().save_pretrained(directory)
-    return directory
 
 
 @pytest.fixture(scope="session")

@@ -7,6 +7,7 @@ gives them a tokenizer of one token per printable character, exactly their 97 id
 from __future__ import annotations
 
 import string
+from pathlib import Path
 
 import torch
 from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
@@ -72,3 +73,10 @@ def tiny_exit_model(family: str, seed: int = 0) -> EarlyExitModel:
     loaded = LoadedModel(model=tiny_model(family, seed), tokenizer=char_tokenizer(), name=f"tiny-{family}",
                          source="memory", cache_path=None, load_seconds=0.0, converted_now=False)
     return EarlyExitModel(loaded)
+
+
+def save_tiny_model(family: str, directory: Path, seed: int = 0) -> Path:
+    """Write `tiny_model(family, seed)` and `char_tokenizer` as a Hugging Face model directory."""
+    tiny_model(family, seed).save_pretrained(directory)
+    char_tokenizer().save_pretrained(directory)
+    return directory

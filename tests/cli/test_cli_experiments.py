@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from test_cli import assert_clean_error, invoke, ok
+from cli_runner import assert_clean_error, invoke, ok
 
 
 @pytest.fixture(scope="module")

@@ -2,25 +2,12 @@
 
 import json
 
-from typer.testing import CliRunner
+from cli_runner import invoke, stderr
 
-from adainfer.cli.app import app
 from adainfer.engine.model import EarlyExitModel
 from adainfer.inference.generate import generate
 
-runner = CliRunner()
 PROMPT = "Q: the cat sat\nA:"
-
-
-def invoke(*args):
-    return runner.invoke(app, [str(arg) for arg in args])
-
-
-def stderr(result) -> str:
-    try:
-        return result.stderr  # click >= 8.2 keeps stderr apart
-    except ValueError:  # older click mixes it into output
-        return result.output
 
 
 def test_generate_streams_the_lossless_text_then_a_summary(tiny_qwen2_dir):

@@ -2,24 +2,10 @@
 
 from pathlib import Path
 
-from typer.testing import CliRunner
+from cli_runner import invoke, stderr
 
-from adainfer.cli.app import app
 from adainfer.engine.cost_profile import CostProfile
 from adainfer.engine.model import EarlyExitModel
-
-runner = CliRunner()
-
-
-def invoke(*args):
-    return runner.invoke(app, [str(arg) for arg in args])
-
-
-def stderr(result) -> str:
-    try:
-        return result.stderr  # click >= 8.2 keeps stderr apart
-    except ValueError:  # older click mixes it into output
-        return result.output
 
 
 def model_args(model_dir: Path, tmp_path: Path):

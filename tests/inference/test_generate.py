@@ -14,9 +14,8 @@ from adainfer.inference.decoder import KVDecoder
 from adainfer.inference.generate import generate
 from adainfer.inference.stream import GeneratedToken
 from adainfer.policies.gap import GapThresholdPolicy
-from adainfer.testing.tiny_models import TINY_CONFIGS
+from adainfer.testing.tiny_models import TINY_CONFIGS, save_tiny_model
 
-from conftest import save_tiny_model
 
 PROMPTS = ["Q: the cat sat\nA:", "Once upon a time, a long road"]
 NEW = 20

@@ -6,8 +6,7 @@ import pytest
 
 from adainfer.engine.cost_profile import CostProfile, measure_cost_profile
 from adainfer.engine.model import EarlyExitModel
-from adainfer.testing.tiny_models import TINY_CONFIGS
-from conftest import save_tiny_model
+from adainfer.testing.tiny_models import TINY_CONFIGS, save_tiny_model
 
 # A hand-built profile of a 4-layer model. At 10 tokens a layer takes 1 ms, a full check 2 ms and a
 # candidate check 0.5 ms; at 30 tokens 3 ms, 4 ms and 1 ms.

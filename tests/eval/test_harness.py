@@ -103,9 +103,10 @@ def test_too_few_demonstrations_name_the_setting(model, tmp_path):
 
 
 def test_a_cache_extended_by_a_larger_run_reports_on_the_prompts_of_its_setting(tmp_path):
+    from synthetic_traces import synthetic
+
     from adainfer.eval.collect import save_collection_npz
     from adainfer.eval.harness import Setting, SettingData, export_setting, load_setting
-    from test_report import synthetic
 
     data = SettingData(Setting("a", 5), "toys", synthetic(40, 0), synthetic(30, 1))
     folder = export_setting(data, tmp_path / "a" / "5shot-seed0")
