@@ -382,3 +382,14 @@ def test_collect_into_a_file_of_other_features_is_refused(work, llama_rows, prom
                     *_model_args(tiny_llama_dir, work))
     assert_clean_error(result, "other features")
     assert llama_rows.read_text() == before
+
+
+def test_every_verb_is_registered_once_in_the_order_help_lists_them():
+    from adainfer.cli.app import app
+
+    names = [command.name or command.callback.__name__ for command in app.registered_commands]
+    assert names == ["info", "profile", "prompts", "collect", "train", "evaluate", "predict", "eval", "report",
+                     "export-traces", "transfer", "calibrate", "generate"]
+    listed = invoke("--help").stdout
+    positions = [listed.index(f" {name} ") for name in ("info", "collect", "predict", "eval", "calibrate", "generate")]
+    assert positions == sorted(positions)

@@ -1,7 +1,6 @@
 """The rows behind the tables, scored on synthetic traces: dense, oracle, policies, transfer, calibration."""
 
 import numpy as np
-import pandas as pd
 import pytest
 from synthetic_traces import LAYERS, setting, synthetic
 

@@ -1,20 +1,13 @@
+"""Replaying a policy over collected traces: exits, answers, accuracy, costs, and the labels it learns."""
+
 import numpy as np
 import pytest
 
 from adainfer.eval.collect import Collection
-from adainfer.eval.replay import evaluate_policy
-from adainfer.policies.decisions import exit_layers, oracle_exit_layers
+from adainfer.eval.replay import evaluate_policy, fit_on, replay_exits, training_labels
+from adainfer.policies.calibrated import CalibratedPolicy
+from adainfer.policies.decisions import stable_labels
 from adainfer.policies.gap import GapThresholdPolicy
-
-
-def test_exit_layer_is_first_accepted_and_last_when_none():
-    decisions = np.array([[0, 1, 1, 0], [0, 0, 0, 0], [1, 0, 0, 0], [0, 0, 0, 1]])
-    assert exit_layers(decisions).tolist() == [2, 4, 1, 4]
-
-
-def test_oracle_is_where_top1_settles_on_the_final_token():
-    top1 = np.array([[5, 7, 7, 7], [7, 5, 7, 9], [3, 3, 3, 3], [1, 2, 1, 2]])
-    assert oracle_exit_layers(top1).tolist() == [2, 4, 1, 4]
 
 
 def _collection(gaps, top1, gold):
@@ -64,9 +57,6 @@ def test_bootstrap_interval_brackets_the_mean_and_shrinks_with_more_prompts():
 
 
 def test_candidate_policies_learn_and_are_scored_by_the_best_candidate():
-    from adainfer.eval.collect import Collection
-    from adainfer.eval.replay import training_labels
-    from adainfer.policies.gap import GapThresholdPolicy
     from adainfer.policies.svm import SVMPolicy
 
     top1 = np.array([[9, 9, 9], [9, 9, 9]])  # the full vocabulary's top-1 is never an answer word
@@ -97,3 +87,23 @@ def test_a_measured_profile_prices_layers_and_lens_reads_in_seconds():
     # Exits at 2 and 1 with 2 and 1 reads: (2 + 1) / 4.5 and (1 + 0.5) / 4.5 of the dense 4 layers + 1 check.
     assert report.estimated_time_ratio == pytest.approx((3 / 4.5 + 1.5 / 4.5) / 2)
     assert evaluate_policy(GapThresholdPolicy(threshold=0.8), collection).estimated_time_ratio is None
+
+
+def test_replayed_exits_answer_with_their_layer_and_compare_with_the_dense_answer_under_one_rule():
+    collection = _collection(gaps=[[0.1] * 4] * 3, top1=[[1, 2, 2, 2], [4, 3, 3, 3], [5, 5, 6, 6]], gold=[2, 3, 5])
+    collection.candidate_ids, collection.cand_top1 = (7, 8), np.array([[7, 8, 8, 8], [8, 8, 8, 7], [7, 7, 7, 7]])
+    replayed = replay_exits(np.array([1, 4, 2]), collection)
+    assert replayed.answers.tolist() == [1, 3, 5] and replayed.dense.tolist() == [2, 3, 6]
+    assert replayed.correct.tolist() == [False, True, True] and replayed.dense_correct.tolist() == [True, True, False]
+    assert replayed.changed.tolist() == [True, False, True]
+    candidates = replay_exits(np.array([1, 4, 2]), collection, candidates_only=True)
+    assert candidates.answers.tolist() == [7, 7, 7] and candidates.dense.tolist() == [8, 7, 7]
+
+
+def test_a_label_free_policy_learns_the_models_own_stable_answers():
+    top1 = [[1, 2, 2, 2], [4, 3, 4, 4], [5, 5, 5, 5]]
+    collection = _collection(gaps=np.linspace(0, 1, 12).reshape(3, 4), top1=top1, gold=[9, 9, 9])
+    assert not collection.labels.any()  # no layer is ever gold: the paper's label has nothing to teach
+    policy = CalibratedPolicy(("gap",))
+    np.testing.assert_array_equal(training_labels(policy, collection), stable_labels(np.array(top1)))
+    assert fit_on(policy, collection) is policy and hasattr(policy, "threshold_grid_")

@@ -10,7 +10,6 @@ import torch
 
 from adainfer.engine.lens import HeadRows
 from adainfer.engine.model import EarlyExitModel
-from adainfer.inference.decoder import KVDecoder
 from adainfer.inference.generate import generate
 from adainfer.inference.stream import GeneratedToken
 from adainfer.policies.gap import GapThresholdPolicy
@@ -120,28 +119,6 @@ def test_fast_mode_fills_every_skipped_layer_so_caches_stay_aligned(models, fami
     assert cycling.attention_only_passes == skipped
 
 
-def test_state_propagation_runs_attention_but_never_the_mlp_of_skipped_layers(models):
-    model = models("llama")
-    calls = {"attention": [], "mlp": []}
-    handles = []
-    for index, layer in enumerate(model.executor.layers):
-        handles.append(layer.self_attn.register_forward_hook(lambda *a, i=index: calls["attention"].append(i)))
-        handles.append(layer.mlp.register_forward_hook(lambda *a, i=index: calls["mlp"].append(i)))
-    try:
-        decoder = KVDecoder(model)
-        decoder.full_pass(model.encode("abc")[0].tolist())
-        calls["attention"].clear()
-        calls["mlp"].clear()
-        step = decoder.early_pass(5, exit_layer=2, fill=True)
-    finally:
-        for handle in handles:
-            handle.remove()
-    assert step.exit_layer == 2 and step.filled_layers == 2
-    assert calls["attention"] == [0, 1, 2, 3]
-    assert calls["mlp"] == [0, 1]
-    assert decoder.layer_lengths() == [4, 4, 4, 4]
-
-
 def test_policy_exit_in_fast_mode_reads_the_lens_from_first_check(models):
     model = models("llama")
     always = GapThresholdPolicy(threshold=-1.0)
@@ -230,23 +207,6 @@ def test_argument_errors_are_clear(models):
         generate(model, PROMPTS[0], 2, policy=NEVER, draft_layer=2)
     with pytest.raises(ValueError, match="draft layer must be in 1..4"):
         generate(model, PROMPTS[0], 2, draft_layer=5)
-
-
-def test_a_character_split_over_byte_tokens_is_streamed_once_complete():
-    from types import SimpleNamespace
-
-    from adainfer.inference.stream import TokenStream
-
-    pieces = {1: b"\xc3", 2: b"\xa9", 3: b"!"}
-    tokenizer = SimpleNamespace(decode=lambda ids, skip_special_tokens: b"".join(pieces[i] for i in ids)
-                                .decode("utf-8", errors="replace"))
-    config = SimpleNamespace(eos_token_id=None)
-    model = SimpleNamespace(tokenizer=tokenizer, model=SimpleNamespace(generation_config=config, config=config))
-    seen: list[GeneratedToken] = []
-    output = TokenStream(model, 3, [], seen.append)
-    for token in (1, 2, 3):
-        output.emit(token, 1)
-    assert [token.text for token in seen] == ["", "é", "!"] and output.text == "é!"
 
 
 @pytest.mark.integration

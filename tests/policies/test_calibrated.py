@@ -5,11 +5,9 @@ import json
 import numpy as np
 import pytest
 
-from adainfer.eval import experiments
-from adainfer.eval.harness import Setting, SettingData
-from adainfer.policies.calibrated import (CalibratedPolicy, RiskCertificate, binomial_p_value, exits_at, learn_then_test,
-                                  stable_labels, threshold_grid)
-from adainfer.policies.decisions import oracle_exit_layers
+from adainfer.policies.calibrated import (CalibratedPolicy, binomial_p_value, exits_at, learn_then_test,
+                                          threshold_grid)
+from adainfer.policies.decisions import oracle_exit_layers, stable_labels
 from adainfer.policies.io import load_policy
 
 LAYERS = 8

@@ -1,10 +1,25 @@
-"""The rules shared by live runs and replay: exits, the oracle, and what a check schedule reads."""
+"""From decisions to exits and answers, the stable-answer oracle and its labels, and a scheduled policy's view."""
 
 import numpy as np
-import pytest
 
-from adainfer.engine.schedule import check_first_check, lens_reads
-from adainfer.policies.decisions import first_accepted_layer, oracle_exit_layers, scheduled_decisions, stable_labels
+from adainfer.policies.decisions import (answers_at, exit_layers, first_accepted_layer, oracle_exit_layers,
+                                         scheduled_decisions, stable_labels)
+
+
+def test_exit_layer_is_first_accepted_and_last_when_none():
+    decisions = np.array([[0, 1, 1, 0], [0, 0, 0, 0], [1, 0, 0, 0], [0, 0, 0, 1]])
+    assert exit_layers(decisions).tolist() == [2, 4, 1, 4]
+
+
+def test_oracle_is_where_top1_settles_on_the_final_token():
+    top1 = np.array([[5, 7, 7, 7], [7, 5, 7, 9], [3, 3, 3, 3], [1, 2, 1, 2]])
+    assert oracle_exit_layers(top1).tolist() == [2, 4, 1, 4]
+
+
+def test_the_answer_is_the_top1_of_the_exit_layer():
+    top1 = np.array([[5, 7, 7, 7], [7, 5, 7, 9]])
+    assert answers_at(np.array([1, 4]), top1).tolist() == [5, 9]
+    assert answers_at(exit_layers(np.array([[0, 1, 0, 0], [0, 0, 0, 0]])), top1).tolist() == [7, 9]
 
 
 class _SeesLayers:
@@ -34,14 +49,6 @@ def test_never_checking_asks_nothing_and_the_last_layer_answers():
     policy = _SeesLayers(length=1)
     decisions = scheduled_decisions(policy, np.zeros((2, 4, 1)), first_check=5)
     assert policy.seen == [] and not decisions.any()
-    assert lens_reads(np.array([4, 4]), 5, reads_previous=True, num_layers=4).tolist() == [1, 1]
-
-
-@pytest.mark.parametrize("first_check, previous, expected", [(1, False, [1, 3, 6]), (1, True, [1, 3, 6]),
-                                                             (3, False, [1, 1, 4]), (3, True, [2, 2, 5])])
-def test_lens_reads_count_checked_layers_and_the_one_before_the_first(first_check, previous, expected):
-    exits = np.array([1 if first_check == 1 else 3, 3, 6])
-    assert lens_reads(exits, first_check, previous, num_layers=6).tolist() == expected
 
 
 def test_first_accepted_layer_ignores_the_last_layer():
@@ -53,10 +60,3 @@ def test_stable_labels_start_at_the_oracle():
     top1 = np.array([[5, 7, 7, 7], [7, 5, 7, 9]])
     assert oracle_exit_layers(top1).tolist() == [2, 4]
     assert stable_labels(top1).tolist() == [[0, 1, 1, 1], [0, 0, 0, 1]]
-
-
-@pytest.mark.parametrize("value", [0, 4, 6, 2.0, True])
-def test_first_check_must_be_a_layer_before_the_last_or_never(value):
-    with pytest.raises(ValueError, match="first_check"):
-        check_first_check(value, 4)
-    assert check_first_check(5, 4) == 5 and check_first_check(3, 4) == 3
