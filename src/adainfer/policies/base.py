@@ -49,6 +49,7 @@ def _adainfer_version() -> str:
 
 
 def check_features(features: Sequence[str]) -> tuple[str, ...]:
+    """A policy's feature names as a non-empty tuple of unique strings."""
     names = () if isinstance(features, str) else tuple(features)
     if not names or not all(isinstance(n, str) for n in names) or len(set(names)) != len(names):
         raise ValueError(f"features must be a non-empty tuple of unique names; got {features!r}")
@@ -56,6 +57,7 @@ def check_features(features: Sequence[str]) -> tuple[str, ...]:
 
 
 def check_X(X: Any, n_features: int) -> np.ndarray:
+    """X as finite float64 of shape (n_prompts >= 1, n_layers >= 1, n_features)."""
     X = np.asarray(X, dtype=np.float64)
     if X.ndim != 3 or X.shape[0] == 0 or X.shape[1] == 0:
         raise ValueError(f"X must have shape (n_prompts, n_layers, n_features) with at least one "
@@ -68,6 +70,7 @@ def check_X(X: Any, n_features: int) -> np.ndarray:
 
 
 def check_y(y: Any, X: np.ndarray) -> np.ndarray:
+    """y as int64 0/1 labels of shape (n_prompts, n_layers), matching X."""
     y = np.asarray(y)
     if y.shape != X.shape[:2]:
         raise ValueError(f"y must have shape (n_prompts, n_layers) = {X.shape[:2]}; got {y.shape}")
@@ -77,6 +80,7 @@ def check_y(y: Any, X: np.ndarray) -> np.ndarray:
 
 
 def check_both_classes(y: np.ndarray) -> None:
+    """Refuse labels of one class, saying what that means for the traces."""
     if y.min() == y.max():
         if y[0, 0] == 1:
             why = ("every layer of every prompt already predicts the gold token, so there is "
@@ -89,6 +93,7 @@ def check_both_classes(y: np.ndarray) -> None:
 
 
 def check_trace(trace: Any, n_features: int) -> np.ndarray:
+    """A live trace of shape (n_layers_so_far >= 1, n_features)."""
     trace = np.asarray(trace)
     if trace.ndim != 2 or trace.shape[0] == 0 or trace.shape[1] != n_features:
         raise ValueError(f"trace must have shape (n_layers_so_far >= 1, {n_features}); "
