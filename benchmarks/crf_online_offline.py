@@ -2,7 +2,7 @@
 offline, on collected traces: why the CRF trained on whole layer sequences exited at layer 1.
 
 For every complete k-shot setting under MODEL_FOLDER (`<task>/<k>shot-seed<s>/`, a run cache or
-an export of `adainfer.harness.export_setting`), fit on `train`, score on `eval`:
+an export of `adainfer.eval.harness.export_setting`), fit on `train`, score on `eval`:
 
 - (a) `online_prefix_viterbi`: the CRF trained on whole sequences; the decision at layer l is
   the last label of the Viterbi path of the prefix 1..l (CRFPolicy before issue 12).
@@ -32,10 +32,10 @@ from pathlib import Path
 import numpy as np
 import pycrfsuite
 
-from adainfer.collect import Collection
-from adainfer.evaluate import evaluate_decisions, evaluate_policy, fit_on
-from adainfer.harness import SettingData, load_setting
-from adainfer.policies import CRFPolicy
+from adainfer.eval.collect import Collection
+from adainfer.eval.harness import SettingData, load_setting
+from adainfer.eval.replay import evaluate_decisions, evaluate_policy, fit_on
+from adainfer.policies.crf import CRFPolicy
 
 FEATURES = ("gap", "top_prob")
 DEFAULT_FOLDER = Path("runs/cache/Gemma3ForCausalLM-10f722d50feeb032")

@@ -10,9 +10,9 @@ import json
 
 import torch
 
-from adainfer.executor import LayerExecutor
-from adainfer.model import EarlyExitModel
-from adainfer.tiny_models import TINY_CONFIGS, VOCAB, tiny_model
+from adainfer.engine.executor import LayerExecutor
+from adainfer.engine.model import EarlyExitModel
+from adainfer.testing.tiny_models import TINY_CONFIGS, VOCAB, tiny_model
 
 PROMPT = "Q: a gorgeous, witty, seductive movie.\nA: positive\n\nQ: the plot is dull and lifeless.\nA:"
 

@@ -1,7 +1,7 @@
 """Multi-token generation with early exit against Hugging Face greedy `generate`, in one run.
 
 For each prompt, in turn: `model.generate(do_sample=False)` (timed, the reference output), then
-`adainfer.generate.generate` in lossless mode at each `--draft-layer`, then in fast mode at each
+`adainfer.inference.generate.generate` in lossless mode at each `--draft-layer`, then in fast mode at each
 `--fast-exit-layer` and with `--policy` if given. Running every method on a prompt back to back
 keeps the comparison fair on a shared machine whose load drifts; speed is reported as the median
 over prompts of the per-prompt tokens/s ratio to HF (end to end, and for decoding only, i.e.
@@ -35,10 +35,10 @@ from pathlib import Path
 
 import torch
 
-from adainfer.generate import generate
-from adainfer.model import EarlyExitModel
-from adainfer.policies import load_policy
-from adainfer.tasks import default_data_dir
+from adainfer.data.tasks import default_data_dir
+from adainfer.engine.model import EarlyExitModel
+from adainfer.inference.generate import generate
+from adainfer.policies.io import load_policy
 
 
 def normalize_answer(text: str) -> str:

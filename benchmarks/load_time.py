@@ -9,7 +9,7 @@ import argparse
 import json
 import tempfile
 
-from adainfer.loading import load_model
+from adainfer.engine.loading import load_model
 
 
 def main() -> None:

@@ -2,10 +2,10 @@
 
 On a tiny random model (hidden 32, 4 layers) a layer costs microseconds, so what remains is the
 loop's own work: copying each row's features and top-1 out of the readout, asking the policy,
-building results. `bare` runs exactly the same layers and lens reads (`prepare`, `run_layers`,
-`FeatureReader.read` per layer, no row ever leaves) without any per-row step; the difference from
-`predict_batch`, divided by rows x layers, is the bookkeeping cost of one (row, layer). Multiply it
-by batch x layers to compare with a real model's layer time (Gemma 3 270M, 1 CPU thread: ~25 ms
+building results. `bare` runs exactly the same layers and lens reads through the library (`prepare`,
+then one `run_layers` call whose `on_layer` is `FeatureReader.read`; no row ever leaves) without
+any per-row step; the difference from `predict_batch`, divided by rows x layers, is the bookkeeping
+cost of one (row, layer). Multiply it by batch x layers to compare with a real model's layer time (Gemma 3 270M, 1 CPU thread: ~25 ms
 per layer for one 100-token prompt).
 
 Usage: python benchmarks/loop_overhead.py [--batch-size 16] [--repeats 200]  (prints JSON)
@@ -16,35 +16,21 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import string
 import time
 from collections.abc import Callable
 
 import numpy as np
 import torch
-from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
-from transformers import PreTrainedTokenizerFast
 
-from adainfer.batch import encode_batch
-from adainfer.features import FeatureReader
-from adainfer.loading import LoadedModel
-from adainfer.model import EarlyExitModel
-from adainfer.policies import GapThresholdPolicy, SVMPolicy
-from adainfer.predict import predict_batch
-from adainfer.tiny_models import tiny_model
+from adainfer.engine.batch import encode_batch
+from adainfer.engine.features import FeatureReader
+from adainfer.engine.model import EarlyExitModel
+from adainfer.inference.predict import predict_batch
+from adainfer.policies.gap import GapThresholdPolicy
+from adainfer.policies.svm import SVMPolicy
+from adainfer.testing.tiny_models import tiny_exit_model
 
 FEATURES = ("cand_gap", "cand_top_prob", "depth")
-
-
-def char_model() -> EarlyExitModel:
-    """Tiny random Gemma 3 with one token per printable character (its 97 ids)."""
-    symbols = ["<unk>", *string.printable[:95], "\n"]
-    core = Tokenizer(models.WordLevel({symbol: i for i, symbol in enumerate(symbols)}, unk_token="<unk>"))
-    core.pre_tokenizer = pre_tokenizers.Split(Regex(r"[\s\S]"), behavior="isolated")
-    core.decoder = decoders.Fuse()
-    tokenizer = PreTrainedTokenizerFast(tokenizer_object=core, unk_token="<unk>")
-    return EarlyExitModel(LoadedModel(model=tiny_model("gemma3"), tokenizer=tokenizer, name="tiny-gemma3",
-                                      source="memory", cache_path=None, load_seconds=0.0, converted_now=False))
 
 
 def never_exiting_svm() -> SVMPolicy:
@@ -75,12 +61,9 @@ def bare(model: EarlyExitModel, prompts: list[str], features: tuple[str, ...], c
     """The layers and lens reads of `predict_batch` when no row exits, without per-row steps."""
     batch = encode_batch(model, prompts)
     inputs = model.executor.prepare(batch.input_ids, batch.attention_mask, position_ids=batch.position_ids)
-    hidden = inputs.embeddings
     with FeatureReader(model.executor, features, candidate_ids) as reader:
-        reader.reset(hidden)
-        for layer in range(model.num_layers):
-            hidden = model.executor.run_layers(hidden, inputs, layer, layer + 1)
-            reader.read(layer, hidden)
+        reader.reset(inputs.embeddings)
+        model.executor.run_layers(inputs.embeddings, inputs, 0, model.num_layers, on_layer=reader.read)
 
 
 def main() -> None:
@@ -89,7 +72,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=200)
     args = parser.parse_args()
     torch.set_num_threads(1)
-    model = char_model()
+    model = tiny_exit_model("gemma3")  # tiny random Gemma 3, one token per printable character
     prompts = [f"Q: prompt number {i} {'x' * (i % 5)}\nA:" for i in range(args.batch_size)]
     candidate_ids = model.candidate_tokens(("p", "n"))
     row_layers = args.batch_size * model.num_layers

@@ -68,12 +68,12 @@ from typing import Any
 import numpy as np
 import torch
 
-from adainfer.batch import PaddedBatch, encode_batch
-from adainfer.harness import load_task
-from adainfer.model import EarlyExitModel
-from adainfer.policies import SVMPolicy
-from adainfer.predict import predict, predict_batch
-from adainfer.tasks import build_prompts
+from adainfer.data.tasks import build_prompts
+from adainfer.engine.batch import PaddedBatch, encode_batch
+from adainfer.engine.model import EarlyExitModel
+from adainfer.eval.harness import load_task
+from adainfer.inference.predict import predict, predict_batch
+from adainfer.policies.svm import SVMPolicy
 from suite_report import markdown
 
 CANDIDATE_FEATURES = ("cand_gap", "cand_top_prob", "depth")
@@ -190,20 +190,13 @@ def dense_forward(model: EarlyExitModel, batch: PaddedBatch, candidate_ids: torc
     """The model's own forward with its head on a (batch, hidden) input: logits (batch, vocab or candidates).
 
     The base model's output is already through the final norm (and OPT's projection); the head
-    and soft-cap are left. `forward` hands the head a (batch, 1, hidden) view instead, which
+    and soft-cap are left (`Lens.unembed`). `forward` hands the head a (batch, 1, hidden) view instead, which
     PyTorch's CPU linear runs as a bmm several times slower than this matmul at batch > 1.
     With `candidate_ids` only their rows of the head run, all a closed answer set needs.
     """
     last = model.model.base_model(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
                                   position_ids=batch.position_ids, use_cache=False).last_hidden_state[:, -1]
-    head = model.executor.head
-    if candidate_ids is None:
-        logits = head(last)
-    else:
-        bias = head.bias[candidate_ids] if getattr(head, "bias", None) is not None else None
-        logits = torch.nn.functional.linear(last, head.weight[candidate_ids], bias)
-    softcap = model.executor.logit_softcap
-    return logits if softcap is None else torch.tanh(logits / softcap) * softcap
+    return model.executor.lens.unembed(last, rows=candidate_ids)
 
 
 def executor_forward(model: EarlyExitModel, batch: PaddedBatch) -> torch.Tensor:

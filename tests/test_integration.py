@@ -3,10 +3,10 @@
 import pytest
 import torch
 
-from adainfer.model import EarlyExitModel
-from adainfer.policies import GapThresholdPolicy
-from adainfer.predict import predict
-from adainfer.tasks import build_prompts, load_examples
+from adainfer.data.tasks import build_prompts, load_examples
+from adainfer.engine.model import EarlyExitModel
+from adainfer.inference.predict import predict
+from adainfer.policies.gap import GapThresholdPolicy
 
 pytestmark = pytest.mark.integration
 
@@ -53,14 +53,14 @@ def test_early_layers_are_confident_in_junk(gemma, sst2_prompt):
 
 @pytest.mark.parametrize("task, choices", [("sst2", (" negative", " positive")), ("mmlu", (" A", " B", " C", " D"))])
 def test_closed_answer_sets_are_single_distinct_tokens(gemma, task, choices):
-    from adainfer.tasks import TASKS
+    from adainfer.data.tasks import TASKS
 
     ids = gemma.candidate_tokens(TASKS[task].choices)
     assert [gemma.decode_token(i) for i in ids] == list(choices)
 
 
 def test_candidate_lens_agrees_with_the_full_lens_and_a_harness_setting_collects(gemma, sst2_prompt, tmp_path):
-    from adainfer.harness import Setting, collect_setting
+    from adainfer.eval.harness import Setting, collect_setting
 
     candidates = gemma.candidate_tokens(("negative", "positive"))
     trace = gemma.trace(sst2_prompt.prompt, ("gap", "cand_gap", "cand_top_prob"), candidates)

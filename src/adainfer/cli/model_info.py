@@ -1,0 +1,71 @@
+"""`adainfer info` and `adainfer profile`: what the model is, and what its parts cost in seconds."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.progress import Progress
+from rich.table import Table
+
+from adainfer.cli.common import CacheOption, ModelOption, clean_errors, err, open_model
+from adainfer.engine.cost_profile import measure_cost_profile
+from adainfer.engine.loading import cache_root
+
+
+@clean_errors
+def info(model: ModelOption = None, cache_dir: CacheOption = None) -> None:
+    """Show the model's family, layers, sizes, context and cache location."""
+    exit_model = open_model(model, cache_dir)
+    loaded = exit_model.loaded
+    typer.echo(json.dumps({
+        "model": loaded.name,
+        "source": loaded.source,
+        "architecture": type(exit_model.model).__name__,
+        "num_layers": exit_model.num_layers,
+        "hidden_size": exit_model.cost_model.hidden_size,
+        "vocab_size": exit_model.cost_model.vocab_size,
+        "max_context": exit_model.max_context,
+        "cache_root": str(cache_root(cache_dir)),
+        "converted_copy": str(loaded.cache_path) if loaded.cache_path else None,
+        "load_seconds": round(loaded.load_seconds, 2),
+        "identity": exit_model.identity(),
+    }, indent=2))
+
+
+@clean_errors
+def profile(
+    seq_lens: Annotated[str, typer.Option(help="Comma-separated prompt lengths in tokens.")] = "64,128,256,512",
+    repeats: Annotated[int, typer.Option(help="Timed runs of each part; the median is kept.")] = 5,
+    out: Annotated[Path | None, typer.Option("--out", "-o", help="JSON file for the profile (`CostProfile.load` reads it).")] = None,
+    model: ModelOption = None,
+    cache_dir: CacheOption = None,
+) -> None:
+    """Time one decoder layer, one lens check (full vocabulary and candidate rows) and the dense forward, per prompt length."""
+    try:
+        lengths = [int(part) for part in seq_lens.split(",") if part.strip()]
+    except ValueError:
+        raise ValueError(f"--seq-lens must be comma-separated integers, got {seq_lens!r}") from None
+    exit_model = open_model(model, cache_dir)
+    with Progress(console=err, transient=True) as progress:
+        bar = progress.add_task("timing", total=len(lengths))
+        measured = measure_cost_profile(exit_model, lengths, repeats, on_seq_len=lambda _: progress.advance(bar))
+    layers = measured.num_layers
+    rows = f"{measured.candidate_count} rows"
+    table = Table(title=f"{exit_model.loaded.name}: median ms, {measured.device}, {measured.torch_threads} thread(s)",
+                  caption=f"layer: one decoder layer over the prompt; check: full-vocabulary lens at the last "
+                          f"position; {rows}: lens over {rows} of the head; dense: the model's forward, one logit row")
+    for column in ("tokens", "layer", f"{layers} layers", "check", rows, "dense", "check/layers"):
+        table.add_column(column, justify="right")
+    for index, length in enumerate(measured.seq_lens):
+        layer, check = measured.layer_seconds[index], measured.full_check_seconds[index]
+        table.add_row(str(length), f"{1e3 * layer:.2f}", f"{1e3 * layers * layer:.1f}", f"{1e3 * check:.2f}",
+                      f"{1e3 * measured.candidate_check_seconds[index]:.3f}",
+                      f"{1e3 * measured.dense_seconds[index]:.1f}", f"{check / (layers * layer):.1%}")
+    Console().print(table)
+    if out:
+        measured.save(out)
+        err.print(f"wrote {out}")

@@ -1,0 +1,122 @@
+"""`EarlyExitModel`: a loaded model, its tokenizer and its layer executor behind one object."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from adainfer.engine.cost import CostModel
+from adainfer.engine.executor import LayerExecutor
+from adainfer.engine.features import FeatureReader, as_numpy
+from adainfer.engine.loading import LoadedModel, load_model
+
+
+class PromptError(ValueError):
+    """A prompt the model cannot take: empty, or longer than its context."""
+
+
+@dataclass
+class LayerTrace:
+    """Full-depth lens readings of one prompt: features (layers, n_features), top-1 ids (layers,)."""
+
+    features: np.ndarray
+    top1: np.ndarray
+    feature_names: tuple[str, ...]
+    seq_len: int
+    cand_top1: np.ndarray | None = None  # (layers,) best candidate per layer, when candidates were given
+
+
+class EarlyExitModel:
+    """A frozen causal LM read layer by layer. Build it with `from_pretrained`."""
+
+    def __init__(self, loaded: LoadedModel) -> None:
+        self.loaded = loaded
+        self.model = loaded.model
+        self.tokenizer = loaded.tokenizer
+        self.executor = LayerExecutor(loaded.model)
+        config = loaded.model.config
+        self.cost_model = CostModel(
+            num_layers=self.executor.num_layers,
+            hidden_size=config.hidden_size,
+            vocab_size=self.executor.head.weight.shape[0],
+        )
+        self.max_context: int = getattr(config, "max_position_embeddings", None) or 2048
+
+    @classmethod
+    def from_pretrained(cls, source: str | None = None, cache_dir: str | Path | None = None) -> "EarlyExitModel":
+        """Load an embedded model name, a local HF directory or a .gguf file (see `load_model`)."""
+        return cls(load_model(source, cache_dir))
+
+    @property
+    def num_layers(self) -> int:
+        return self.executor.num_layers
+
+    def identity(self) -> dict[str, object]:
+        """What a classifier must match: architecture, sizes, and a hash of a sample of the LM head."""
+        weight = self.executor.head.weight.detach().float().flatten()
+        sample = weight[:: max(1, weight.numel() // 100_000)].contiguous().numpy()
+        return {
+            "architecture": type(self.model).__name__,
+            "num_layers": self.num_layers,
+            "hidden_size": self.cost_model.hidden_size,
+            "vocab_size": self.cost_model.vocab_size,
+            "head_sha256": hashlib.sha256(sample.tobytes()).hexdigest()[:16],
+        }
+
+    def encode(self, prompt: str) -> torch.Tensor:
+        """Token ids (1, seq) with the tokenizer's special tokens; rejects empty and over-long prompts."""
+        if not prompt or not prompt.strip():
+            raise PromptError("empty prompt")
+        input_ids = self.tokenizer(prompt, return_tensors="pt").input_ids
+        if input_ids.shape[1] > self.max_context:
+            raise PromptError(
+                f"prompt has {input_ids.shape[1]} tokens, more than the model's context of {self.max_context}"
+            )
+        return input_ids
+
+    def answer_token(self, prompt: str, answer: str) -> int:
+        """The first token the model must emit after `prompt` to start `answer` (a space is put between)."""
+        if not answer or not answer.strip():
+            raise PromptError("empty answer")
+        prompt_ids = self.tokenizer(prompt).input_ids
+        joined_ids = self.tokenizer(prompt + " " + answer.strip()).input_ids
+        if joined_ids[: len(prompt_ids)] == prompt_ids and len(joined_ids) > len(prompt_ids):
+            return joined_ids[len(prompt_ids)]
+        # The tokenizer merged across the boundary: fall back to the answer tokenised alone.
+        return self.tokenizer(" " + answer.strip(), add_special_tokens=False).input_ids[0]
+
+    def candidate_tokens(self, answers: Sequence[str]) -> list[int]:
+        """First token of each answer as it follows `A:` (with its leading space), duplicates kept once."""
+        return list(dict.fromkeys(self.answer_token("A:", answer) for answer in answers))
+
+    def decode_token(self, token_id: int) -> str:
+        return self.tokenizer.decode([token_id])
+
+    @torch.no_grad()
+    def trace(self, prompt: str, feature_names: Sequence[str],
+              candidate_ids: Sequence[int] | None = None) -> LayerTrace:
+        """Run every layer on `prompt` and read the named features after each; for collection and oracles.
+
+        The full-vocabulary lens always runs, so `top1` is the model's own top-1 at every layer. No
+        row ever leaves, so the layers run in one `run_layers` call (no walk), and the lens reads
+        every layer's last-token state in one product (`FeatureReader.read_all`): the head's V*h
+        weights are read once per prompt instead of once per layer.
+        """
+        input_ids = self.encode(prompt).to(self.executor.head.weight.device)
+        inputs = self.executor.prepare(input_ids)
+        lasts: list[torch.Tensor] = []  # each layer's output at the last position, (1, hidden)
+        with FeatureReader(self.executor, feature_names, candidate_ids, full_vocab=True) as reader:
+            reader.reset(inputs.embeddings)
+            self.executor.run_layers(inputs.embeddings, inputs, 0, self.num_layers,
+                                     on_layer=lambda _, hidden: lasts.append(hidden[:, -1]))
+            readouts = reader.read_all(torch.stack(lasts))
+        features, top1 = as_numpy(readouts)
+        cand_top1 = (np.array([int(readout.cand_top1[0]) for readout in readouts])
+                     if candidate_ids else None)
+        return LayerTrace(features=features[0], top1=top1[0], feature_names=reader.feature_names,
+                          seq_len=input_ids.shape[1], cand_top1=cand_top1)

@@ -1,0 +1,270 @@
+"""Training data for stop policies (paper App. C): one row per (prompt, layer), written as JSONL.
+
+The first line is a header with the model identity, the number of layers and the feature names;
+every later line is one row `{"prompt_index", "layer", <features>, "top1", "gold", "label",
+"seq_len"}`
+with `layer` 1-based and `label` 1 when that layer's top-1 token is the gold answer's first
+token. The rows of a prompt are written in one call and flushed, so an interrupted run keeps
+every finished prompt and a rerun with the same arguments resumes after it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import zipfile
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from adainfer.data.tasks import LabelledPrompt
+from adainfer.engine.files import write_bytes_atomic
+from adainfer.engine.model import EarlyExitModel
+
+
+class CollectionFileError(ValueError):
+    """A collection file that cannot be read or does not match the requested run."""
+
+
+@dataclass
+class Collection:
+    """Collected rows as arrays: features (prompts, layers, n_features); labels, top-1 ids (prompts, layers);
+    gold ids and prompt lengths (prompts,)."""
+
+    features: np.ndarray
+    labels: np.ndarray
+    top1: np.ndarray
+    gold: np.ndarray
+    seq_len: np.ndarray
+    feature_names: tuple[str, ...]
+    model_identity: dict[str, object]
+    candidate_ids: tuple[int, ...] = ()
+    cand_top1: np.ndarray | None = None  # (prompts, layers) best candidate, when candidates were given
+
+    def __len__(self) -> int:
+        return len(self.gold)
+
+    def subset(self, index: np.ndarray) -> "Collection":
+        """The prompts at `index` (an integer or boolean array), for calibration/test splits."""
+        return Collection(
+            features=self.features[index], labels=self.labels[index], top1=self.top1[index],
+            gold=self.gold[index], seq_len=self.seq_len[index], feature_names=self.feature_names,
+            model_identity=self.model_identity, candidate_ids=self.candidate_ids,
+            cand_top1=None if self.cand_top1 is None else self.cand_top1[index],
+        )
+
+    def content_sha256(self) -> str:
+        """A hash of every array a table reads, in a fixed order and dtype: two collections with the
+        same hash give the same tables, whichever file format they were read from."""
+        digest = hashlib.sha256(json.dumps([list(self.feature_names), list(self.candidate_ids)]).encode())
+        arrays = (self.features.astype(np.float32), self.labels, self.top1, self.gold, self.seq_len,
+                  self.cand_top1 if self.cand_top1 is not None else np.zeros(0))
+        for array in arrays:
+            digest.update(np.ascontiguousarray(array, dtype=np.float32 if array is arrays[0] else np.int64).tobytes())
+        return digest.hexdigest()
+
+    def select(self, names: Sequence[str]) -> np.ndarray:
+        """The feature columns `names`, in that order; a clear error for a name not collected."""
+        missing = [name for name in names if name not in self.feature_names]
+        if missing:
+            raise CollectionFileError(
+                f"features {missing} were not collected (collected: {', '.join(self.feature_names)})"
+            )
+        return self.features[:, :, [self.feature_names.index(name) for name in names]]
+
+
+def _header(model: EarlyExitModel, feature_names: tuple[str, ...],
+            candidate_ids: Sequence[int] | None) -> dict[str, object]:
+    header = {
+        "adainfer_collection": 1,
+        "model_identity": model.identity(),
+        "num_layers": model.num_layers,
+        "feature_names": list(feature_names),
+    }
+    if candidate_ids:
+        header["candidate_ids"] = list(candidate_ids)
+    return header
+
+
+def _read_lines(path: Path) -> Iterator[tuple[int, dict]]:
+    """Numbered JSON objects of `path`; a last line cut short by an interrupted write is skipped."""
+    lines = path.read_text(encoding="utf-8").splitlines()
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as error:
+            if number == len(lines):
+                return
+            raise CollectionFileError(f"{path} line {number}: not valid JSON ({error.msg})") from error
+        if not isinstance(record, dict):
+            raise CollectionFileError(f"{path} line {number}: expected a JSON object")
+        yield number, record
+
+
+def _complete_prompts(path: Path, header: dict[str, object]) -> tuple[set[int], list[str]]:
+    """Indices of prompts with all their rows in `path`, and those rows' lines, checking the header."""
+    lines = list(_read_lines(path))
+    if not lines or lines[0][1] != header:
+        raise CollectionFileError(
+            f"{path} was collected with another model or other features; use a new output file"
+        )
+    rows_per_prompt: dict[int, list[dict]] = {}
+    for number, row in lines[1:]:
+        if "prompt_index" not in row:
+            raise CollectionFileError(f"{path} line {number}: row lacks 'prompt_index'")
+        rows_per_prompt.setdefault(row["prompt_index"], []).append(row)
+    layers = header["num_layers"]
+    complete = {index for index, rows in rows_per_prompt.items() if len(rows) == layers}
+    kept = [json.dumps(row) for index in sorted(complete) for row in rows_per_prompt[index]]
+    return complete, kept
+
+
+def collect(
+    model: EarlyExitModel,
+    prompts: Sequence[LabelledPrompt],
+    output: Path,
+    feature_names: Sequence[str],
+    on_prompt: Callable[[int], None] | None = None,
+    candidate_ids: Sequence[int] | None = None,
+) -> int:
+    """Append the rows of every prompt not yet in `output`; returns how many prompts were added.
+
+    `on_prompt(index)` is called after each prompt, for progress bars. With `candidate_ids` (a
+    closed answer set's first tokens) each row also holds `cand_top1`, the best candidate.
+    """
+    output = Path(output)
+    feature_names = tuple(feature_names)
+    candidate_ids = list(dict.fromkeys(candidate_ids)) if candidate_ids else None
+    header = _header(model, feature_names, candidate_ids)
+    done: set[int] = set()
+    if output.exists() and output.stat().st_size > 0:
+        done, kept = _complete_prompts(output, header)
+        # Rewrite without a half-written prompt from an interrupted run.
+        output.write_text("\n".join([json.dumps(header), *kept]) + "\n", encoding="utf-8")
+    else:
+        output.parent.mkdir(parents=True, exist_ok=True)
+        output.write_text(json.dumps(header) + "\n", encoding="utf-8")
+    added = 0
+    with output.open("a", encoding="utf-8") as handle:
+        for index, item in enumerate(prompts):
+            if index in done:
+                continue
+            trace = model.trace(item.prompt, feature_names, candidate_ids)
+            gold = model.answer_token(item.prompt, item.answer)
+            rows = []
+            for layer, (values, top1) in enumerate(zip(trace.features, trace.top1), start=1):
+                row = {"prompt_index": index, "layer": layer}
+                row.update({name: round(float(value), 6) for name, value in zip(feature_names, values)})
+                row.update({"top1": int(top1), "gold": gold, "label": int(top1 == gold), "seq_len": trace.seq_len})
+                if trace.cand_top1 is not None:
+                    row["cand_top1"] = int(trace.cand_top1[layer - 1])
+                rows.append(json.dumps(row))
+            handle.write("\n".join(rows) + "\n")
+            handle.flush()
+            added += 1
+            if on_prompt is not None:
+                on_prompt(index)
+    return added
+
+
+def load_collection(path: Path) -> Collection:
+    """Read a collection file written by `collect` into arrays; incomplete prompts are skipped."""
+    path = Path(path)
+    if not path.exists():
+        raise CollectionFileError(f"{path}: no such collection file")
+    lines = _read_lines(path)
+    first = next(lines, None)
+    if first is None or "adainfer_collection" not in first[1]:
+        raise CollectionFileError(f"{path}: not a collection file (no adainfer header on line 1)")
+    header = first[1]
+    names = tuple(header["feature_names"])
+    layers = header["num_layers"]
+    grouped: dict[int, list[dict]] = {}
+    for number, row in lines:
+        try:
+            grouped.setdefault(row["prompt_index"], []).append(row)
+            [row[key] for key in (*names, "layer", "top1", "gold", "label", "seq_len")]
+        except (KeyError, TypeError) as error:
+            raise CollectionFileError(f"{path} line {number}: row lacks {error}") from error
+    complete = [sorted(rows, key=lambda row: row["layer"]) for _, rows in sorted(grouped.items())
+                if len(rows) == layers]
+    if not complete:
+        raise CollectionFileError(f"{path}: no complete prompt collected")
+
+    def column(*keys: str, dtype: type) -> np.ndarray:
+        return np.array([[[row[key] for key in keys] for row in rows] for rows in complete], dtype=dtype)
+
+    candidate_ids = tuple(header.get("candidate_ids", ()))
+    if candidate_ids and any("cand_top1" not in row for rows in complete for row in rows):
+        raise CollectionFileError(f"{path}: header names candidates but a row lacks 'cand_top1'")
+    return Collection(
+        candidate_ids=candidate_ids,
+        cand_top1=column("cand_top1", dtype=np.int64)[..., 0] if candidate_ids else None,
+        features=column(*names, dtype=np.float32),
+        labels=column("label", dtype=np.int64)[..., 0],
+        top1=column("top1", dtype=np.int64)[..., 0],
+        gold=column("gold", dtype=np.int64)[:, 0, 0],
+        seq_len=column("seq_len", dtype=np.int64)[:, 0, 0],
+        feature_names=names,
+        model_identity=header["model_identity"],
+    )
+
+
+# The compact form committed under results/traces: arrays only, read back with allow_pickle=False.
+_NPZ_INT_ARRAYS: tuple[str, ...] = ("labels", "top1", "gold", "seq_len")
+
+
+def save_collection_npz(collection: Collection, path: Path) -> Path:
+    """Write `collection` as a compressed `.npz` of float32 features and int32 ids, atomically."""
+    arrays = {
+        "features": collection.features.astype(np.float32),
+        **{name: getattr(collection, name).astype(np.int32) for name in _NPZ_INT_ARRAYS},
+        "candidate_ids": np.array(collection.candidate_ids, dtype=np.int32),
+        "feature_names": np.array(collection.feature_names, dtype=str),
+        "model_identity": np.array(json.dumps(collection.model_identity, sort_keys=True)),
+    }
+    if collection.cand_top1 is not None:
+        arrays["cand_top1"] = collection.cand_top1.astype(np.int32)
+    buffer = io.BytesIO()
+    np.savez_compressed(buffer, **arrays)
+    return write_bytes_atomic(Path(path), buffer.getvalue())
+
+
+def load_collection_npz(path: Path) -> Collection:
+    """Read a `.npz` written by `save_collection_npz`, checking every array's shape and dtype."""
+    path = Path(path)
+    try:
+        with np.load(path, allow_pickle=False) as stored:
+            arrays = {name: stored[name] for name in stored.files}
+    except (OSError, ValueError, zipfile.BadZipFile) as error:
+        raise CollectionFileError(f"{path}: not a readable traces file ({error})") from None
+    required = ("features", *_NPZ_INT_ARRAYS, "candidate_ids", "feature_names", "model_identity")
+    missing = [name for name in required if name not in arrays]
+    features = arrays.get("features")
+    if missing or features is None or features.ndim != 3 or features.dtype != np.float32:
+        raise CollectionFileError(f"{path}: not a traces file (missing {missing} or bad features array)")
+    prompts, layers, columns = features.shape
+    expected = {"labels": (prompts, layers), "top1": (prompts, layers), "gold": (prompts,), "seq_len": (prompts,),
+                "cand_top1": (prompts, layers), "feature_names": (columns,)}
+    wrong = [name for name, shape in expected.items() if name in arrays and arrays[name].shape != shape]
+    if wrong or any(arrays[name].dtype.kind != "i" for name in _NPZ_INT_ARRAYS):
+        raise CollectionFileError(f"{path}: arrays {wrong or list(_NPZ_INT_ARRAYS)} have the wrong shape or type")
+    try:
+        identity = json.loads(str(arrays["model_identity"]))
+    except json.JSONDecodeError as error:
+        raise CollectionFileError(f"{path}: model_identity is not JSON ({error.msg})") from None
+    candidate_ids = tuple(int(i) for i in arrays["candidate_ids"])
+    if bool(candidate_ids) != ("cand_top1" in arrays):
+        raise CollectionFileError(f"{path}: candidate_ids and cand_top1 must come together")
+    return Collection(
+        features=features, labels=arrays["labels"].astype(np.int64), top1=arrays["top1"].astype(np.int64),
+        gold=arrays["gold"].astype(np.int64), seq_len=arrays["seq_len"].astype(np.int64),
+        feature_names=tuple(str(name) for name in arrays["feature_names"]), model_identity=identity,
+        candidate_ids=candidate_ids,
+        cand_top1=arrays["cand_top1"].astype(np.int64) if candidate_ids else None,
+    )

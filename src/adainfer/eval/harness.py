@@ -1,0 +1,264 @@
+"""The paper's experiment grid: (task, shots) settings whose per-layer traces are collected once.
+
+A setting's classifier-training prompts come from the task's train split and its evaluation
+prompts from the eval split, so no evaluated row ever trained a classifier. Both are collected
+at full depth with every feature the tables need, under
+``<cache>/<model>/<task>/<shots>shot-seed<seed>/{train,eval}.jsonl``; every policy, table and
+figure then replays those traces at no model cost. Collection resumes where it stopped, and a
+larger ``limit`` later extends the cache (the first n prompts of a seed never change).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+
+from adainfer.data.tasks import (TASKS, Example, LabelledPrompt, build_prompts, load_examples, load_jsonl_task,
+                            read_prompts_jsonl, split_examples, write_prompts_jsonl)
+from adainfer.engine.features import CANDIDATE_FEATURES
+from adainfer.engine.files import write_text_atomic
+from adainfer.engine.model import EarlyExitModel
+from adainfer.eval.collect import Collection, collect, load_collection, load_collection_npz, save_collection_npz
+
+# Everything the tables read: the paper's features, its factor study's cosines, and ours.
+BASE_FEATURES: tuple[str, ...] = ("gap", "top_prob", "depth", "cos_attn", "cos_mlp", "cos_hidden", "agree_prev")
+PAPER_SHOTS: tuple[int, ...] = (5, 10, 15, 20)
+CLASSIFIER_SPLIT_SEED = 20240304  # fixed: which eval rows may train classifiers never changes
+
+
+class HarnessError(ValueError):
+    """A setting that cannot be built, or a cache that does not match it."""
+
+
+@dataclass(frozen=True)
+class TaskData:
+    """A task's splits and closed answer set; built-in or read from a user's JSONL file.
+
+    `train` gives demonstrations, `classifier` the queries of classifier-training prompts (the
+    train split unless the task says otherwise), `eval` the evaluated queries; no eval query's
+    input appears in `train` or `classifier`.
+    """
+
+    name: str
+    group: str
+    train: list[Example]
+    eval: list[Example]
+    choices: tuple[str, ...] | None
+    classifier: list[Example] | None = None
+
+    @property
+    def classifier_queries(self) -> list[Example]:
+        return self.train if self.classifier is None else self.classifier
+
+
+def _without(examples: list[Example], *others: list[Example]) -> list[Example]:
+    seen = {example.input for group in others for example in group}
+    return [example for example in examples if example.input not in seen]
+
+
+def load_task(task: str, data_dir: Path | None = None) -> TaskData:
+    """A registered task by name, or a user task from a `.jsonl` file of {input, output}.
+
+    A user file is split in two halves by a fixed seed (`tasks.split_examples`): the first half
+    gives demonstrations and classifier-training prompts, the second is evaluated.
+    """
+    if task.endswith(".jsonl"):
+        path = Path(task)
+        train, evaluation = split_examples(load_jsonl_task(path))
+        if not train or not evaluation:
+            raise HarnessError(f"{path} needs at least two examples to split into train and eval")
+        return TaskData(path.stem, "user", train, evaluation, None)
+    if task not in TASKS:
+        raise HarnessError(f"unknown task {task!r}; known: {', '.join(TASKS)}, or a path to a .jsonl file")
+    spec = TASKS[task]
+    train = load_examples(task, "train", data_dir)
+    evaluation = _without(load_examples(task, "eval", data_dir), train)
+    if not spec.classifier_queries_from_eval:
+        return TaskData(task, spec.group, train, evaluation, spec.choices)
+    # A fixed half of the eval split's distinct inputs, whatever the limits, so caches stay
+    # valid as limits grow; by input, because MMLU repeats some questions.
+    inputs = list(dict.fromkeys(example.input for example in evaluation))
+    order = np.random.default_rng(CLASSIFIER_SPLIT_SEED).permutation(len(inputs))
+    classifier_inputs = {inputs[i] for i in order[len(inputs) // 2:]}
+    return TaskData(task, spec.group, train, [e for e in evaluation if e.input not in classifier_inputs],
+                    spec.choices, classifier=[e for e in evaluation if e.input in classifier_inputs])
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One cell of the grid: a task, a number of demonstrations and the sampling seed."""
+
+    task: str
+    shots: int
+    seed: int = 0
+
+    @property
+    def name(self) -> str:
+        stem = Path(self.task).stem if self.task.endswith(".jsonl") else self.task
+        return f"{stem}/{self.shots}shot-seed{self.seed}"
+
+
+@dataclass
+class SettingData:
+    """A setting's collected traces: `train` fits policies, `eval` scores them."""
+
+    setting: Setting
+    group: str
+    train: Collection
+    eval: Collection
+
+    def content_sha256(self) -> str:
+        """One hash of the setting's train and eval traces (`Collection.content_sha256`)."""
+        return hashlib.sha256((self.train.content_sha256() + self.eval.content_sha256()).encode()).hexdigest()
+
+
+def model_slug(model: EarlyExitModel) -> str:
+    identity = model.identity()
+    return f"{identity['architecture']}-{identity['head_sha256']}"
+
+
+def task_prompts(task: TaskData, split: Literal["train", "eval"], shots: int, limit: int | None,
+                 seed: int) -> list[LabelledPrompt]:
+    """One split's prompts for a setting with this `seed`: what `adainfer eval` collects and
+    `adainfer prompts` writes, built in this one place so the two cannot drift apart.
+
+    `train` prompts ask `task.classifier_queries`, `eval` prompts ask `task.eval`; demonstrations
+    always come from `task.train`, so no evaluated input is ever a query of a training prompt or a
+    demonstration. Eval prompts draw with `seed` and train prompts with `seed + 1`, so the two
+    splits never share demonstration draws; that mapping is what cached settings were built with,
+    so changing it would invalidate them. `limit` prompts (all when `None`) in the seed's order.
+    """
+    if split not in ("train", "eval"):
+        raise ValueError(f"split must be 'train' or 'eval', got {split!r}")
+    queries = task.classifier_queries if split == "train" else task.eval
+    return build_prompts(queries, task.train, shots, limit, seed if split == "eval" else seed + 1)
+
+
+def _cached_prompt_count(path: Path, prompts: list[LabelledPrompt]) -> int:
+    """How many prompts `path` caches; they must be a prefix of, or extend, the ones asked for now."""
+    if not path.exists():
+        return 0
+    cached = read_prompts_jsonl(path)
+    shared = min(len(cached), len(prompts))
+    if cached[:shared] != prompts[:shared]:
+        raise HarnessError(f"{path} holds other prompts than this setting builds now (data or code "
+                           f"changed); move it away to recollect")
+    return len(cached)
+
+
+def collect_setting(
+    model: EarlyExitModel,
+    setting: Setting,
+    cache_dir: Path,
+    train_limit: int,
+    eval_limit: int,
+    data_dir: Path | None = None,
+    on_prompt: Callable[[str, int, int], None] | None = None,
+) -> SettingData:
+    """Collect (or resume) the train and eval traces of `setting`; returns them loaded.
+
+    `on_prompt(split, done, total)` reports progress. Candidate features and `cand_top1` are
+    collected when the task has a closed answer set.
+    """
+    task = load_task(setting.task, data_dir)
+    candidates = model.candidate_tokens(task.choices) if task.choices else None
+    features = BASE_FEATURES + (CANDIDATE_FEATURES if candidates else ())
+    folder = Path(cache_dir) / model_slug(model) / setting.name
+    loaded = {}
+    for split, limit in (("train", train_limit), ("eval", eval_limit)):
+        try:
+            prompts = task_prompts(task, split, setting.shots, limit, setting.seed)
+        except ValueError as error:
+            raise HarnessError(f"{setting.name}: {error}") from error
+        prompt_file = folder / f"{split}.prompts.jsonl"
+        if _cached_prompt_count(prompt_file, prompts) < len(prompts):
+            write_prompts_jsonl(prompts, prompt_file)
+        rows = folder / f"{split}.jsonl"
+        done = 0
+
+        def progress(_index: int, split: str = split, total: int = len(prompts)) -> None:
+            nonlocal done
+            done += 1
+            if on_prompt is not None:
+                on_prompt(split, done, total)
+
+        collect(model, prompts, rows, features, on_prompt=progress, candidate_ids=candidates)
+        loaded[split] = load_collection(rows).subset(slice(0, len(prompts)))
+    data = SettingData(setting, task.group, loaded["train"], loaded["eval"])
+    _write_setting_json(data, folder, task.choices)
+    return data
+
+
+def _write_setting_json(data: SettingData, folder: Path, choices: Sequence[str] | None = None) -> None:
+    """What the setting is and how many of its cached prompts this run used: a cache extended by
+    another run with larger limits still reports on exactly these (`load_setting`)."""
+    meta = {"task": data.setting.task, "group": data.group, "shots": data.setting.shots, "seed": data.setting.seed,
+            "choices": list(choices or ()), "train_prompts": len(data.train), "eval_prompts": len(data.eval)}
+    write_text_atomic(Path(folder) / "setting.json", json.dumps(meta, indent=1) + "\n")
+
+
+def load_setting(folder: Path) -> SettingData:
+    """A collected setting from its folder, without the model (for `adainfer report`): the
+    cache's `{train,eval}.jsonl`, or the compact `{train,eval}.npz` of `export_setting`."""
+    folder = Path(folder)
+    meta_path = folder / "setting.json"
+    if not meta_path.exists():
+        raise HarnessError(f"{folder} is not a collected setting (no setting.json)")
+    try:
+        meta = json.loads(meta_path.read_text(encoding="utf-8"))
+        setting = Setting(str(meta["task"]), int(meta["shots"]), int(meta["seed"]))
+        group = str(meta["group"])
+    except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError, ValueError) as error:
+        raise HarnessError(f"{meta_path}: not a valid setting description ({type(error).__name__}: {error})") from None
+    read = load_collection_npz if (folder / "train.npz").exists() else load_collection
+    suffix = ".npz" if read is load_collection_npz else ".jsonl"
+    splits = {}
+    for split in ("train", "eval"):
+        collection = read(folder / f"{split}{suffix}")
+        wanted = meta.get(f"{split}_prompts", len(collection))  # older caches: every prompt they hold
+        if not isinstance(wanted, int) or not 1 <= wanted <= len(collection):
+            raise HarnessError(f"{meta_path}: {split}_prompts={wanted!r}, but {folder / (split + suffix)} "
+                               f"holds {len(collection)} complete prompts")
+        splits[split] = collection.subset(slice(0, wanted))
+    return SettingData(setting, group, splits["train"], splits["eval"])
+
+
+def export_setting(data: SettingData, folder: Path) -> Path:
+    """Write a setting as `setting.json` plus `{train,eval}.npz` (a few hundred kB), which
+    `load_setting` reads back to the same arrays: the form committed under results/traces."""
+    folder = Path(folder)
+    save_collection_npz(data.train, folder / "train.npz")
+    save_collection_npz(data.eval, folder / "eval.npz")
+    _write_setting_json(data, folder)
+    return folder
+
+
+def check_settings(settings: Sequence[Setting], train_limit: int, eval_limit: int,
+                   data_dir: Path | None = None) -> None:
+    """Build every setting's prompts before any is collected, so a grid that cannot be built
+    (too few demonstrations for some k) fails in seconds, not after an hour of collection."""
+    problems = []
+    tasks: dict[str, TaskData] = {}
+    for setting in settings:
+        if setting.task not in tasks:
+            tasks[setting.task] = load_task(setting.task, data_dir)
+        task = tasks[setting.task]
+        for split, limit in (("train", train_limit), ("eval", eval_limit)):
+            try:
+                task_prompts(task, split, setting.shots, limit, setting.seed)
+            except ValueError as error:
+                problems.append(f"{setting.name}: {error}")
+                break
+    if problems:
+        raise HarnessError("these settings cannot be built, drop them from --tasks/--shots: "
+                           + "; ".join(problems))
+
+
+def settings_grid(tasks: Sequence[str], shots: Sequence[int], seed: int = 0) -> list[Setting]:
+    return [Setting(task, k, seed) for task in tasks for k in shots]

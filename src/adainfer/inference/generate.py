@@ -1,0 +1,354 @@
+"""Multi-token generation with early exit on a frozen model, in two modes (batch size 1, greedy).
+
+`mode="lossless"` is self-speculative decoding (LayerSkip, Elhoushi et al. 2024; Draft & Verify,
+Zhang et al. 2024), with the model's own logit lens instead of a trained exit: draft tokens with
+the first `draft_layer` layers (or wherever `policy` exits), then verify them with one pass of the
+full model and keep the longest prefix it agrees with plus its own token at the first
+disagreement. Every emitted token is the full model's greedy choice, so the output equals
+`model.generate(do_sample=False)` token for token (up to float ties: verifying q tokens in one
+pass sums in another order than q one-token steps). The draft length adapts as in transformers'
+assisted generation: +2 after a fully accepted round, -1 otherwise.
+
+`mode="fast"` verifies nothing: each token is its exit layer's lens top-1, and the layers it
+skipped get K/V by state propagation (`adainfer.inference.decoder`). Its quality must be measured.
+
+In both modes the prompt runs through every layer (later tokens attend to its K/V at every
+depth), so the first generated token is the dense model's.
+"""
+
+from __future__ import annotations
+
+import string
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+from adainfer.engine.lens import HeadRows
+from adainfer.engine.model import EarlyExitModel
+from adainfer.inference.decoder import EarlyStep, KVDecoder
+from adainfer.inference.stream import GeneratedToken, TokenStream
+from adainfer.policies.base import StopPolicy
+
+MODES = ("lossless", "fast")
+MAX_DRAFT = 16
+# Drafts are read from the first 32,768 ids (plus ASCII characters, the prompt's and the generated
+# tokens): byte-pair and SentencePiece vocabularies number tokens roughly by frequency. On a large
+# vocabulary the LM head costs more than the decoder (Gemma 3 270M: V*h = 168M multiply-adds per row
+# against ~5M per layer), so a draft read through the full head is barely cheaper than a dense step;
+# a draft only has to be a good guess (verification decides), so it is read from these rows only, as
+# FR-Spec (Zhao et al. 2025) drafts from frequent tokens. On Gemma 3 270M this makes lossless
+# decoding 1.4x faster than HF generate, where the full head makes it slower
+# (results/generation-gemma3-270m.md).
+DEFAULT_DRAFT_VOCAB = 32768
+
+
+@dataclass
+class GenerationResult:
+    """Text and costs of one `generate` call. Counts are per (position, layer), prompt excluded.
+
+    `layer_passes`: decoder layers applied to one position (drafts, verification, early passes).
+    `attention_only_passes`: skipped layers whose K/V came from state propagation (fast mode).
+    `lens_rows`: full-vocabulary LM-head products; `draft_head_rows`: draft reads of the draft
+    vocabulary's rows only. `draft_lengths` / `accepted_lengths`: per verification (lossless).
+    `kv_lengths`: positions cached per layer at the end; the last token is never fed back, so it is
+    prompt_tokens + len(token_ids) - 1 in every layer. `first_token_seconds`: time to first token.
+    `flops_units`: FLOPs spent (`adainfer.engine.cost` units) by every pass above, each position at its
+    own context length (`CostModel.decode_units`), drafts that were rejected included;
+    `dense_flops_units`: what dense decoding of the same tokens costs (`dense_decode_units`).
+    """
+
+    text: str
+    token_ids: list[int]
+    exit_layers: list[int]
+    mode: str
+    num_layers: int
+    prompt_tokens: int
+    finish_reason: str  # "length", "eos" or "stop"
+    layer_passes: int = 0
+    attention_only_passes: int = 0
+    lens_rows: int = 0
+    draft_head_rows: int = 0
+    flops_units: int = 0
+    dense_flops_units: int = 0
+    draft_lengths: list[int] = field(default_factory=list)
+    accepted_lengths: list[int] = field(default_factory=list)
+    kv_lengths: list[int] = field(default_factory=list)
+    seconds: float = 0.0
+    first_token_seconds: float = 0.0
+
+    @property
+    def tokens_per_second(self) -> float:
+        return len(self.token_ids) / self.seconds if self.seconds > 0 else 0.0
+
+    @property
+    def mean_accepted_length(self) -> float:
+        """Drafts accepted per verification (lossless); NaN when nothing was verified."""
+        return float(np.mean(self.accepted_lengths)) if self.accepted_lengths else float("nan")
+
+    @property
+    def mean_exit_layer(self) -> float:
+        """Mean depth whose lens chose each token (num_layers for the full model's tokens)."""
+        return float(np.mean(self.exit_layers)) if self.exit_layers else float("nan")
+
+    @property
+    def layers_per_token(self) -> float:
+        """Decoder-layer passes per generated token after the first (dense decoding: num_layers)."""
+        after_first = len(self.token_ids) - 1
+        return self.layer_passes / after_first if after_first > 0 else float("nan")
+
+    @property
+    def honest_flops_ratio(self) -> float:
+        """Decode FLOPs relative to dense decoding, lens checks and fills included; NaN with no decode step."""
+        return self.flops_units / self.dense_flops_units if self.dense_flops_units else float("nan")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "tokens_per_second": self.tokens_per_second,
+                "mean_accepted_length": self.mean_accepted_length, "mean_exit_layer": self.mean_exit_layer,
+                "layers_per_token": self.layers_per_token, "honest_flops_ratio": self.honest_flops_ratio}
+
+
+def ascii_character_tokens(model: EarlyExitModel) -> list[int]:
+    """The ids of printable ASCII characters tokenised one at a time.
+
+    Gemma's vocabulary numbers its single-character pieces last (':' is 236787), so the first N ids
+    miss punctuation; these few ids are added to a draft vocabulary given as an int.
+    """
+    ids: set[int] = set()
+    for character in string.printable:
+        ids.update(model.tokenizer(character, add_special_tokens=False).input_ids)
+    return sorted(ids)
+
+
+def generate(model: EarlyExitModel, prompt: str, max_new_tokens: int, mode: str = "lossless",
+             policy: StopPolicy | None = None, draft_layer: int | None = None,
+             stop: str | Sequence[str] | None = None, first_check: int | None = None,
+             draft_vocab: int | Sequence[int] | None = DEFAULT_DRAFT_VOCAB, initial_draft: int = 4,
+             on_token: Callable[[GeneratedToken], None] | None = None) -> GenerationResult:
+    """Generate up to `max_new_tokens` tokens after `prompt` greedily, with early exit.
+
+    mode: "lossless" (draft early, verify at full depth; equals dense greedy decoding) or "fast"
+        (each token from its exit layer, never verified).
+    policy: a stop policy (`policies.base.StopPolicy`) choosing each token's exit layer, walked as in
+        prediction: the lens is read from its learned check schedule (`first_check_`) on, or from
+        `first_check` when given. Otherwise `draft_layer` (1..L) is the fixed
+        exit layer of every draft (lossless) or of every token (fast, where it has no default).
+        The lossless default is L: on Gemma 3 270M the lens of earlier layers agrees with the last
+        layer too rarely for shallower drafts to pay (results/generation-gemma3-270m.md).
+    stop: a string, or several, ending generation once the output contains it; the returned text
+        is cut before it (streamed pieces are not). A stop string never produced runs to the end.
+    draft_vocab: lossless drafts at a fixed layer are read from these token ids (an int N means
+        ids 0..N-1 and `ascii_character_tokens`) plus the prompt's and each generated token,
+        instead of the full vocabulary (`engine.lens.HeadRows`); None reads the full lens.
+        Verification always uses the full head, so this changes the acceptance rate and the
+        speed, never the output. Unused with a policy (its features need the full lens) and in
+        fast mode.
+    on_token: called with each `GeneratedToken` as soon as it is final (for streaming).
+
+    Raises ValueError for max_new_tokens <= 0, an unknown mode, a bad exit layer, and a prompt
+    whose length plus max_new_tokens exceeds the model's context: the message gives the largest
+    max_new_tokens that fits (we refuse rather than truncate silently).
+    """
+    draft_layer = _check_request(model, mode, max_new_tokens, policy, draft_layer, initial_draft)
+    prompt_ids = _prompt_ids(model, prompt, max_new_tokens)
+    stops = [stop] if isinstance(stop, str) else list(stop or [])
+    output = TokenStream(model, max_new_tokens, stops, on_token)
+    if mode == "lossless":
+        draft_rows = None if draft_vocab is None or policy is not None else _draft_rows(model, draft_vocab, prompt_ids)
+        decoder, stats = _lossless(model, prompt_ids, output, policy, draft_layer, first_check, draft_rows,
+                                   initial_draft)
+    else:
+        decoder, stats = _fast(model, prompt_ids, output, policy, draft_layer, first_check)
+    return GenerationResult(
+        text=output.text, token_ids=output.token_ids, exit_layers=output.exit_layers, mode=mode,
+        num_layers=model.num_layers, prompt_tokens=len(prompt_ids), finish_reason=output.finish_reason,
+        kv_lengths=decoder.layer_lengths(), seconds=time.perf_counter() - output.started,
+        first_token_seconds=output.first_token_seconds, **asdict(stats),
+    )
+
+
+def _check_request(model: EarlyExitModel, mode: str, max_new_tokens: int, policy: StopPolicy | None,
+                   draft_layer: int | None, initial_draft: int) -> int | None:
+    """Validate `generate`'s arguments; the fixed draft or exit layer (None with a policy)."""
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
+    if max_new_tokens <= 0:
+        raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
+    if policy is not None and draft_layer is not None:
+        raise ValueError("give a policy or a draft layer, not both")
+    if policy is None:
+        if draft_layer is None and mode == "fast":
+            raise ValueError("fast mode needs a policy or a fixed exit layer (draft_layer)")
+        draft_layer = model.num_layers if draft_layer is None else draft_layer
+        if not 1 <= draft_layer <= model.num_layers:
+            raise ValueError(f"draft layer must be in 1..{model.num_layers}, got {draft_layer}")
+    if initial_draft < 1:
+        raise ValueError(f"initial_draft must be >= 1, got {initial_draft}")
+    return draft_layer
+
+
+def _prompt_ids(model: EarlyExitModel, prompt: str, max_new_tokens: int) -> list[int]:
+    """The prompt's token ids, refusing a prompt that leaves no room for `max_new_tokens` in the context."""
+    prompt_ids = model.encode(prompt)[0].tolist()
+    room = model.max_context - len(prompt_ids)
+    if max_new_tokens > room:
+        raise ValueError(
+            f"prompt has {len(prompt_ids)} tokens and the model's context is {model.max_context}: "
+            f"max_new_tokens={max_new_tokens} does not fit; use at most {max(room, 0)}"
+            + (" (the prompt alone fills the context)" if room <= 0 else "")
+        )
+    return prompt_ids
+
+
+def _draft_rows(model: EarlyExitModel, draft_vocab: int | Sequence[int], prompt_ids: list[int]) -> HeadRows:
+    """The draft vocabulary: ids 0..N-1 and ASCII characters for an int N, else the ids given; plus the prompt's."""
+    if isinstance(draft_vocab, int):
+        first_ids, extra_ids = draft_vocab, ascii_character_tokens(model)
+    else:
+        first_ids, extra_ids = 0, list(draft_vocab)
+    return HeadRows(model.executor.lens, first_ids, extra_ids + prompt_ids)
+
+
+@dataclass
+class GenerationStats:
+    """What one generation spent, counted per (position, layer), prompt excluded: the cost fields of
+    `GenerationResult`, which documents each. The passes below add to it as they run."""
+
+    layer_passes: int = 0
+    attention_only_passes: int = 0
+    lens_rows: int = 0
+    draft_head_rows: int = 0
+    flops_units: int = 0
+    dense_flops_units: int = 0
+    draft_lengths: list[int] = field(default_factory=list)
+    accepted_lengths: list[int] = field(default_factory=list)
+
+    def count_early(self, step: EarlyStep, decoder: KVDecoder, draft_rows: HeadRows | None = None) -> None:
+        """Count one early pass; it just fed position decoder.length - 1, over a context of decoder.length."""
+        self.layer_passes += step.exit_layer
+        self.attention_only_passes += step.filled_layers
+        if draft_rows is None:
+            self.lens_rows += step.lens_checks
+        else:
+            self.draft_head_rows += 1
+        cost, context = decoder.model.cost_model, decoder.length
+        self.flops_units += (cost.decode_units(step.exit_layer, context, step.lens_checks,
+                                               len(draft_rows) if draft_rows is not None else None)
+                             + step.filled_layers * cost.attention_units(context))
+
+    def count_verification(self, decoder: KVDecoder, layers: int, committed: int, positions: int) -> None:
+        """Count `layers` layers and one full lens row on `positions` positions from `committed` + 1 on."""
+        self.layer_passes += layers * positions
+        self.lens_rows += positions
+        self.flops_units += sum(decoder.model.cost_model.decode_units(layers, committed + offset + 1, 1)
+                                for offset in range(positions))
+
+    def count_dense(self, decoder: KVDecoder, first_context: int, tokens: int) -> None:
+        """Add the dense cost of `tokens` decode steps over contexts first_context, first_context + 1, ..."""
+        cost = decoder.model.cost_model
+        self.dense_flops_units += sum(cost.dense_decode_units(first_context + offset) for offset in range(tokens))
+
+
+def _prefill(decoder: KVDecoder, prompt_ids: list[int], output: TokenStream, stats: GenerationStats) -> int | None:
+    """Run the prompt at full depth and emit the dense first token; None if generation already ends."""
+    first = int(decoder.full_pass(prompt_ids, logits_for=1)[-1].argmax())
+    stats.lens_rows += 1
+    return None if output.emit(first, decoder.num_layers) else first
+
+
+def _fast(model: EarlyExitModel, prompt_ids: list[int], output: TokenStream, policy: StopPolicy | None,
+          exit_layer: int | None, first_check: int | None) -> tuple[KVDecoder, GenerationStats]:
+    decoder, stats = KVDecoder(model), GenerationStats()
+    token = _prefill(decoder, prompt_ids, output, stats)
+    while token is not None:
+        step = decoder.early_pass(token, exit_layer=None if policy else exit_layer, policy=policy,
+                                  first_check=first_check, fill=True)
+        stats.count_early(step, decoder)
+        stats.count_dense(decoder, decoder.length, 1)
+        token = None if output.emit(step.token_id, step.exit_layer) else step.token_id
+    return decoder, stats
+
+
+def _lossless(model: EarlyExitModel, prompt_ids: list[int], output: TokenStream, policy: StopPolicy | None,
+              draft_layer: int | None, first_check: int | None, draft_rows: HeadRows | None,
+              initial_draft: int) -> tuple[KVDecoder, GenerationStats]:
+    """Draft-then-verify rounds.
+
+    A round feeds the committed token, then each draft but the last, through early passes: q
+    positions, q drafts. Verification gives the full model's token after each of those positions,
+    i.e. its verdict on every draft. A rejected draft is replaced by the full model's token; the
+    last draft of a fully accepted round becomes the next committed token, fed by the next round,
+    so no pass is spent on a bonus token. At a fixed draft layer the drafts' K/V below it is exact
+    and kept: verification runs only the layers above (`KVDecoder.finish_pass`). Drafts from a
+    policy exit at different layers, so the cache is cropped back and every layer is recomputed.
+    """
+    decoder, stats = KVDecoder(model, record_past=True), GenerationStats()
+    num_layers = decoder.num_layers
+    token = _prefill(decoder, prompt_ids, output, stats)
+    draft_size = min(initial_draft, MAX_DRAFT)
+    while token is not None:
+        if draft_rows is not None:
+            draft_rows.add(token)
+        committed = decoder.length  # positions whose K/V is final; `token` goes at this one
+        fed, drafts, steps = _draft(decoder, token, min(draft_size, output.remaining), output.eos_ids, policy,
+                                    draft_layer, first_check, draft_rows, stats)
+        targets = _verify(decoder, fed, steps, committed, policy, draft_layer, stats)
+        accepted = 0
+        while accepted < len(drafts) and drafts[accepted] == targets[accepted]:
+            accepted += 1
+        stats.draft_lengths.append(len(drafts))
+        stats.accepted_lengths.append(accepted)
+        draft_size = min(draft_size + 2, MAX_DRAFT) if accepted == len(drafts) else max(1, draft_size - 1)
+        emitted = [(draft, step.exit_layer) for draft, step in zip(drafts[:accepted], steps)]
+        if accepted < len(drafts):
+            emitted.append((targets[accepted], num_layers))
+        token = emitted[-1][0]
+        for index, (chosen, depth) in enumerate(emitted):
+            if output.emit(chosen, depth):
+                token = None
+                break
+        stats.count_dense(decoder, committed + 1, index + 1)  # emitted token i: position committed + i
+        # `token`'s position and those of the emitted tokens but the last keep their K/V.
+        decoder.crop(committed + index + 1)
+    return decoder, stats
+
+
+def _draft(decoder: KVDecoder, token: int, size: int, eos_ids: set[int], policy: StopPolicy | None,
+           draft_layer: int | None, first_check: int | None, draft_rows: HeadRows | None,
+           stats: GenerationStats) -> tuple[list[int], list[int], list[EarlyStep]]:
+    """Up to `size` early passes from `token`, each feeding the previous draft, stopping after an
+    end-of-sequence draft: (tokens fed, drafts, their early steps)."""
+    fed: list[int] = []
+    drafts: list[int] = []
+    steps: list[EarlyStep] = []
+    for _ in range(size):
+        fed.append(drafts[-1] if drafts else token)
+        step = decoder.early_pass(fed[-1], exit_layer=None if policy else draft_layer, policy=policy,
+                                  first_check=first_check, fill=policy is not None, draft_rows=draft_rows)
+        stats.count_early(step, decoder, draft_rows)
+        drafts.append(step.token_id)
+        steps.append(step)
+        if step.token_id in eos_ids:
+            break
+    return fed, drafts, steps
+
+
+def _verify(decoder: KVDecoder, fed: list[int], steps: list[EarlyStep], committed: int,
+            policy: StopPolicy | None, draft_layer: int | None, stats: GenerationStats) -> list[int]:
+    """The full model's token after each fed position: its verdict on every draft.
+
+    At a fixed draft layer only the layers above it run, on the drafts' own hidden states; drafts
+    from a policy are recomputed at every layer from `committed` on.
+    """
+    if policy is None:
+        logits = decoder.finish_pass(fed, torch.cat([step.hidden for step in steps], dim=1), draft_layer)
+        verified_layers = decoder.num_layers - draft_layer
+    else:
+        decoder.crop(committed)
+        logits = decoder.full_pass(fed)
+        verified_layers = decoder.num_layers
+    stats.count_verification(decoder, verified_layers, committed, len(fed))
+    return logits.argmax(dim=-1).tolist()

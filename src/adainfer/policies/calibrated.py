@@ -1,0 +1,217 @@
+"""Stopping with a guarantee: choose an exit threshold so that few answers change, with confidence.
+
+The user states a risk: at most ``epsilon`` of answers may differ from the full model's, with
+probability at least ``1 - delta`` over the calibration sample. The reference is the model's own
+last-layer answer, so calibration needs no labels.
+
+Method: Learn then Test (Angelopoulos, Bates, Candès, Jordan and Lei, "Learn then Test:
+Calibrating Predictive Algorithms to Achieve Risk Control", arXiv 2110.01052), with fixed-sequence
+testing. The hypotheses are thresholds on the scorer's margin, ordered from the most cautious to
+the most aggressive. Fixed-sequence testing is only valid when that order does not depend on the
+calibration data, so the grid (`threshold_grid`) is built from the scores of the TRAINING traces
+(the ones the scorer was fitted on) and frozen before any calibration prompt is scored. For each
+threshold in turn, the null hypothesis "its risk exceeds epsilon" is tested with the exact
+binomial p-value of the observed number of changed answers among the n calibration prompts (the
+loss is 0/1, so the count is Binomial(n, risk)). Testing stops at the first threshold that is not
+rejected; the last rejected one is returned. Fixed-sequence testing controls the family-wise
+error at delta, so P(risk(chosen) <= epsilon) >= 1 - delta for i.i.d. prompts from the
+calibration distribution. When no threshold passes, the policy never exits early, which is always
+safe (and promises nothing useful).
+
+`first_check` is the first layer (1-based) whose lens is read, i.e. the earliest layer at which a
+prompt may exit; it must be below the last layer, where exiting saves nothing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from scipy.stats import binom
+
+from adainfer.policies.decisions import answers_at, exit_layers, stable_labels
+from adainfer.policies.svm import SVMPolicy
+
+
+@dataclass(frozen=True)
+class RiskCertificate:
+    """What was promised and what the calibration sample showed."""
+
+    epsilon: float
+    delta: float
+    calibration_prompts: int
+    threshold: float  # +inf: no threshold passed, the policy never exits early
+    empirical_risk: float  # fraction of calibration answers that differ from the full model's
+    p_value: float  # of "risk > epsilon" at the chosen threshold (1.0 when none passed)
+    thresholds_tested: int
+
+    def to_dict(self) -> dict[str, Any]:
+        values = asdict(self)
+        values["threshold"] = None if np.isinf(self.threshold) else self.threshold
+        return values
+
+
+def binomial_p_value(changed: int, n: int, epsilon: float) -> float:
+    """P(Binomial(n, epsilon) <= changed): small when a risk above epsilon would rarely show so few."""
+    return float(binom.cdf(changed, n, epsilon))
+
+
+def _check_first_check(first_check: int, layers: int) -> None:
+    if not 1 <= first_check <= layers - 1:
+        raise ValueError(f"first_check must be in 1..{layers - 1} (layer {layers} is the last: exiting there "
+                         f"saves nothing), got {first_check}")
+
+
+def threshold_grid(train_scores: np.ndarray, first_check: int = 1, size: int = 200) -> np.ndarray:
+    """The hypotheses of fixed-sequence testing: thresholds, most cautious (highest) first, (<= size,).
+
+    Quantiles of the TRAINING traces' scores (prompts, layers) at the layers where a prompt may exit
+    (`first_check` .. L-1), so the order is fixed before any calibration prompt is seen; building
+    it from the calibration scores would let the data choose its own tests.
+    """
+    train_scores = np.asarray(train_scores, dtype=np.float64)
+    if train_scores.ndim != 2 or len(train_scores) == 0:
+        raise ValueError(f"train_scores must be (prompts, layers) with at least one prompt, got {train_scores.shape}")
+    _check_first_check(first_check, train_scores.shape[1])
+    if size < 1:
+        raise ValueError(f"size must be at least 1, got {size}")
+    eligible = train_scores[:, first_check - 1:-1]
+    return np.unique(np.quantile(eligible, np.linspace(0, 1, size)))[::-1]
+
+
+def learn_then_test(scores: np.ndarray, top1: np.ndarray, epsilon: float, delta: float, grid: np.ndarray,
+                    first_check: int = 1) -> RiskCertificate:
+    """The most aggressive threshold of `grid` reached while each one's risk is certified <= epsilon.
+
+    `scores` and `top1` are the calibration prompts' (prompts, layers). A prompt exits at the first
+    layer >= `first_check` whose score exceeds the threshold; its loss is 1 when that layer's top-1
+    differs from the last layer's. `grid` (from `threshold_grid` on training scores) must be strictly
+    descending: it is tested in that order and testing stops at the first threshold not certified,
+    even if a later one would pass, which is what keeps the family-wise error at delta.
+    """
+    if not 0 < epsilon < 1 or not 0 < delta < 1:
+        raise ValueError(f"epsilon and delta must be in (0, 1), got {epsilon} and {delta}")
+    if scores.shape != top1.shape or scores.ndim != 2 or len(scores) == 0:
+        raise ValueError(f"scores {scores.shape} and top1 {top1.shape} must be the same (prompts, layers)")
+    _check_first_check(first_check, scores.shape[1])
+    grid = np.asarray(grid, dtype=np.float64)
+    if grid.ndim != 1 or len(grid) == 0 or not np.isfinite(grid).all() or (np.diff(grid) >= 0).any():
+        raise ValueError("grid must be a non-empty, finite, strictly descending 1-D array of thresholds "
+                         "(most cautious first), built from training scores")
+    n = len(scores)
+    chosen = RiskCertificate(epsilon, delta, n, float("inf"), 0.0, 1.0, 0)
+    for tested, threshold in enumerate(grid, start=1):
+        changed = int(_changed(scores, top1, threshold, first_check).sum())
+        p_value = binomial_p_value(changed, n, epsilon)
+        if p_value > delta:
+            return RiskCertificate(**{**asdict(chosen), "thresholds_tested": tested})
+        chosen = RiskCertificate(epsilon, delta, n, float(threshold), changed / n, p_value, tested)
+    return chosen
+
+
+def exits_at(scores: np.ndarray, threshold: float, first_check: int = 1) -> np.ndarray:
+    """Exit layer (1-based) per prompt, exiting at the first layer >= `first_check` scoring above `threshold`.
+
+    (prompts, layers) -> (prompts,); the last layer when no eligible layer scores above it.
+    """
+    decisions = scores > threshold
+    decisions[:, : first_check - 1] = False
+    return exit_layers(decisions)
+
+
+def _changed(scores: np.ndarray, top1: np.ndarray, threshold: float, first_check: int) -> np.ndarray:
+    return answers_at(exits_at(scores, threshold, first_check), top1) != top1[:, -1]
+
+
+class CalibratedPolicy(SVMPolicy):
+    """An SVM scorer trained to recognise stable layers, with a threshold certified by `calibrate`.
+
+    `fit(X, top1)` needs no gold labels: it learns "this layer's top-1 is already the final one for
+    good" from full-depth traces, and freezes the threshold grid (`threshold_grid_`) from its own
+    margins on those training traces. `calibrate(X, top1, epsilon, delta)` then tests that grid on
+    held-out traces with Learn then Test. Before `calibrate` it behaves like the plain SVM.
+    `first_check` (1-based) is the earliest layer at which it may exit.
+    """
+
+    kind = "calibrated-svm"
+    label_free = True
+
+    def __init__(self, features: Sequence[str] = ("gap", "top_prob", "depth"), kernel: str = "rbf",
+                 C: float = 1.0, class_weight: dict | str | None = None, first_check: int = 1) -> None:
+        super().__init__(features, kernel, C, class_weight)
+        self.first_check = first_check
+
+    def fit(self, X: Any, y: Any) -> CalibratedPolicy:
+        """`y` is either top-1 ids (prompts, layers), turned into stability labels, or 0/1 labels."""
+        X, y = np.asarray(X), np.asarray(y)
+        if X.ndim == 3:  # other shapes: SVMPolicy.fit says what is wrong
+            _check_first_check(self.first_check, X.shape[1])
+        labels = y if set(np.unique(y)) <= {0, 1} else stable_labels(y)
+        self.threshold_ = 0.0  # the plain SVM's cut until `calibrate`; set first, fitting predicts
+        super().fit(X, labels)
+        self.threshold_grid_ = threshold_grid(self.margins(X), self.first_check)
+        return self
+
+    def _learn_first_check(self, X: np.ndarray) -> None:
+        # The certificate covers exits from `first_check` on; a schedule learned at the
+        # uncalibrated threshold would skip layers the calibrated threshold may accept.
+        self.first_check_ = self.first_check
+
+    def calibrate(self, X: Any, top1: np.ndarray, epsilon: float, delta: float) -> RiskCertificate:
+        """Set `threshold_` from calibration traces X and their top-1 ids; returns the certificate.
+
+        Only `threshold_grid_`, fixed at `fit`, is tested: the calibration traces choose among
+        those thresholds, never which thresholds there are.
+        """
+        if not hasattr(self, "threshold_grid_"):
+            raise ValueError("this policy has no threshold grid: fit it first (a policy saved before grids "
+                             "were stored must be refitted on its training traces)")
+        certificate = learn_then_test(self.margins(X), np.asarray(top1), epsilon, delta, self.threshold_grid_,
+                                      self.first_check)
+        self.threshold_ = certificate.threshold
+        self.certificate_ = certificate
+        return certificate
+
+    def margins(self, X: Any) -> np.ndarray:
+        """The scorer's SVM margin per (prompt, layer), before any threshold: what calibration ranks."""
+        return super().decision_function(X)
+
+    def decision_function(self, X: Any) -> np.ndarray:
+        margin = self.margins(X) - self.threshold_
+        margin[:, : self.first_check - 1] = -np.inf
+        return margin
+
+    def should_exit(self, trace: Any) -> bool:
+        if len(trace) < self.first_check:
+            return False
+        return self._margin(trace) > self.threshold_
+
+    @classmethod
+    def _params_from_config(cls, params: dict) -> dict:
+        if "min_layer" in params:  # configs saved before the rename to first_check
+            params["first_check"] = params.pop("min_layer")
+        return super()._params_from_config(params)
+
+    def _save_state(self, directory: Path) -> dict:
+        state = super()._save_state(directory)
+        state["calibration"] = {"threshold": None if np.isinf(self.threshold_) else self.threshold_,
+                                "threshold_grid": (self.threshold_grid_.tolist()
+                                                   if hasattr(self, "threshold_grid_") else None),
+                                "certificate": getattr(self, "certificate_", None) and self.certificate_.to_dict()}
+        return state
+
+    def _load_state(self, directory: Path, config: dict) -> None:
+        super()._load_state(directory, config)
+        self.first_check_ = self.first_check
+        calibration = config.get("calibration") or {}
+        threshold = calibration.get("threshold")
+        self.threshold_ = float("inf") if threshold is None else float(threshold)
+        if calibration.get("threshold_grid") is not None:  # JSON floats round-trip float64 exactly
+            self.threshold_grid_ = np.asarray(calibration["threshold_grid"], dtype=np.float64)
+        if calibration.get("certificate"):
+            record = dict(calibration["certificate"])
+            record["threshold"] = self.threshold_
+            self.certificate_ = RiskCertificate(**record)
