@@ -276,4 +276,9 @@ def check_settings(settings: Sequence[Setting], train_limit: int, eval_limit: in
 
 
 def settings_grid(tasks: Sequence[str], shots: Sequence[int], seed: int = 0) -> list[Setting]:
-    return [Setting(task, k, seed) for task in tasks for k in shots]
+    """Every (task, shots) setting once, in the order given: a task or shot count named twice is not
+    counted twice in the tables."""
+    if not tasks or not shots:
+        raise ValueError(f"need at least one task and one number of shots; got tasks {list(tasks)} and shots "
+                         f"{list(shots)}")
+    return list(dict.fromkeys(Setting(task, k, seed) for task in tasks for k in shots))

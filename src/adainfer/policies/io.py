@@ -72,11 +72,11 @@ def _check_fields(config: dict) -> None:
             raise ValueError("first_check needs n_layers")
         check_first_check(config["first_check"], layers)
     candidates = config.get("candidate_ids")
-    if candidates is not None and (not isinstance(candidates, list) or len(candidates) < 2
+    if candidates is not None and (not isinstance(candidates, list) or not candidates
                                    or len(set(candidates)) != len(candidates)
                                    or not all(isinstance(i, int) and not isinstance(i, bool) and i >= 0
                                               for i in candidates)):
-        raise ValueError(f"candidate_ids must be null or at least two distinct token ids; got {candidates!r}")
+        raise ValueError(f"candidate_ids must be null or distinct token ids; got {candidates!r}")
     parts = config["parts"]
     if not isinstance(parts, dict) or not all(isinstance(v, str) for v in parts.values()):
         raise ValueError("parts must be an object of file name -> sha256")
