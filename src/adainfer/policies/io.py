@@ -38,7 +38,7 @@ def _read_config(directory: Path) -> dict:
         raise PolicyFileError(f"{path} is {path.stat().st_size} bytes; a policy's config is a few kilobytes")
     try:
         config = json.loads(path.read_text(encoding="utf-8"), parse_constant=_no_constant)
-    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as error:
+    except (ValueError, RecursionError) as error:  # JSONDecodeError, UnicodeDecodeError, NaN
         raise PolicyFileError(f"{path} is not valid JSON: {error}") from None
     keys = ("kind", "params", "features", "model_identity", "n_layers", "parts")
     if (not isinstance(config, dict) or any(k not in config for k in keys)
