@@ -10,7 +10,8 @@ from adainfer.policies.crf import CRFPolicy
 from adainfer.policies.gap import GapThresholdPolicy
 from adainfer.policies.svm import SVMPolicy
 
-IDENTITY = {"name": "tiny-model", "n_layers": 8}
+IDENTITY = {"architecture": "TinyForCausalLM", "num_layers": 8, "hidden_size": 16, "vocab_size": 100,
+            "head_sha256": "0123456789abcdef"}
 LAYERS = 8
 
 

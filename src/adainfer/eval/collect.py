@@ -247,6 +247,10 @@ def load_collection(path: Path) -> Collection:
             or not isinstance(header.get("candidate_ids", []), list)):
         raise CollectionFileError(f"{path} line 1: the header needs unique feature_names, num_layers >= 1 and "
                                   f"a model_identity object")
+    sizes = {key: header["model_identity"].get(key) for key in ("num_layers", "hidden_size", "vocab_size")}
+    if any(isinstance(v, bool) or not isinstance(v, int) or v < 1 for v in sizes.values()) or sizes["num_layers"] != layers:
+        raise CollectionFileError(f"{path} line 1: model_identity needs positive integer num_layers (= the header's "
+                                  f"{layers}), hidden_size and vocab_size; got {sizes}")
     names = tuple(names)
     grouped: dict[int, list[dict]] = {}
     for number, row in lines:
