@@ -41,6 +41,9 @@ def _read_config(directory: Path) -> dict:
     except (ValueError, RecursionError) as error:  # JSONDecodeError, UnicodeDecodeError, NaN
         raise PolicyFileError(f"{path} is not valid JSON: {error}") from None
     keys = ("kind", "params", "features", "model_identity", "n_layers", "parts")
+    if isinstance(config, dict) and "parts" not in config and "kind" in config:
+        raise PolicyFileError(f"{path} records no hashes of its parts: saved by an older adainfer (whose CRF "
+                              f"was a crfsuite file, which is never read now); train it again")
     if (not isinstance(config, dict) or any(k not in config for k in keys)
             or not isinstance(config["params"], dict)
             or not isinstance(config["model_identity"], dict)):
