@@ -202,6 +202,16 @@ def test_resume_refuses_a_changed_prompts_file(model, fresh_file, tmp_path):
     assert path.read_bytes() == fresh_file.read_bytes()
 
 
+def test_resume_refuses_rows_without_prompt_hashes(model, fresh_file, tmp_path):
+    path = tmp_path / "rows.jsonl"
+    header, *rows = fresh_file.read_text().splitlines()
+    legacy = [json.dumps({k: v for k, v in json.loads(row).items() if k != "prompt_sha256"}) for row in rows]
+    path.write_text("\n".join([header, *legacy]) + "\n")
+    with pytest.raises(CollectionFileError, match="written before rows recorded prompt_sha256"):
+        collect(model, PROMPTS, path, FEATURES)
+    assert load_collection(path).features.shape == (3, 4, 3)  # still readable, only not resumable
+
+
 def test_an_interrupted_resume_rewrite_keeps_the_file(model, fresh_file, tmp_path, monkeypatch):
     # The rewrite of a resumed file used to truncate it first: an interrupt left 0 bytes.
     path = tmp_path / "rows.jsonl"

@@ -145,6 +145,9 @@ def _kept_rows(path: Path, header: dict[str, object], prompts: Sequence[Labelled
     if beyond:
         raise CollectionFileError(f"{path} holds prompts {_few(beyond)} but the prompts file has {len(prompts)}: "
                                   f"it was collected from another prompts file; use a new output file")
+    if complete and not any("prompt_sha256" in row for rows in rows_per_prompt.values() for row in rows):
+        raise CollectionFileError(f"{path} was written before rows recorded prompt_sha256, so a resume cannot check "
+                                  f"that its rows belong to these prompts; collect into a new file")
     changed = sorted(index for index in complete
                      if any(row.get("prompt_sha256") != prompt_sha256(prompts[index]) for row in rows_per_prompt[index]))
     if changed:
