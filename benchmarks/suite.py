@@ -365,7 +365,10 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--random-llama-7b", action="store_true", help="random Llama-2-7B-shaped model, fixed schedule")
     parser.add_argument("--llama-layers", type=int, default=32, help="layers of the random Llama (fewer to test on CPU)")
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
-    return parser.parse_args()
+    args = parser.parse_args()
+    if args.device == "cuda" and not torch.cuda.is_available():
+        parser.error("--device cuda: no CUDA device is available to torch on this machine")
+    return args
 
 
 def main() -> None:

@@ -196,7 +196,7 @@ def test_predict_without_out_writes_json_lines_to_stdout(work, llama_rows, promp
     _check_predictions(_predictions(result.stdout), prompts_file)
 
 
-@pytest.mark.parametrize("kind, model_file", [("svm", "svm.skops"), ("crf", "crf.crfsuite")])
+@pytest.mark.parametrize("kind, model_file", [("svm", "svm.skops"), ("crf", "crf.npz")])
 def test_classifier_trains_on_both_labels_and_predicts(work, gold_rows, gold_model_dir, prompts_file,
                                                        kind, model_file):
     policy = work / f"{kind}-policy"
@@ -318,9 +318,9 @@ def _flip_middle_bytes(path: Path) -> None:
 @pytest.mark.parametrize("kind, damage, keyword", [
     ("svm", lambda d: (d / "config.json").write_text("{garbage"), "not valid JSON"),
     ("crf", lambda d: (d / "config.json").write_bytes(b"\xff\xfe\x00junk"), "not valid JSON"),
-    ("crf", lambda d: _flip_middle_bytes(d / "crf.crfsuite"), "corrupted"),
-    ("svm", lambda d: (d / "svm.skops").write_bytes(b"not a zip file"), "cannot load"),
-    ("svm", lambda d: _flip_middle_bytes(d / "svm.skops"), "cannot load"),
+    ("crf", lambda d: _flip_middle_bytes(d / "crf.npz"), "corrupted"),
+    ("svm", lambda d: (d / "svm.skops").write_bytes(b"not a zip file"), "corrupted"),
+    ("svm", lambda d: _flip_middle_bytes(d / "svm.skops"), "corrupted"),
     ("svm", lambda d: (d / "svm.skops").unlink(), "missing"),
 ], ids=["svm-config-garbage", "crf-config-binary", "crf-bytes-flipped", "svm-garbage", "svm-bytes-flipped",
         "svm-file-missing"])

@@ -125,6 +125,12 @@ def test_candidate_features_from_collect_to_predict(tmp_path, task_file, tiny_ll
     result = ok("predict", tmp_path / "p.jsonl", "-p", tmp_path / "policy", "--choices", "even,odd", *model)
     records = [json.loads(line) for line in result.stdout.splitlines()]
     assert len(records) == 6 and all(r["answer_text"] == " " for r in records)  # " even"/" odd" start with " "
+    # The policy recorded its answer set: without --choices it is used.
+    assert ok("predict", tmp_path / "p.jsonl", "-p", tmp_path / "policy", *model).stdout == result.stdout
+    config = json.loads((tmp_path / "policy" / "config.json").read_text())
+    assert config["candidate_ids"] == [95]
+    config["candidate_ids"] = None  # as a policy without a recorded answer set
+    (tmp_path / "policy" / "config.json").write_text(json.dumps(config))
     missing = invoke("predict", tmp_path / "p.jsonl", "-p", tmp_path / "policy", *model)
     assert_clean_error(missing, "candidate answer tokens")
     assert_clean_error(invoke("collect", tmp_path / "p.jsonl", "-o", tmp_path / "r2.jsonl", "--choices", "even",

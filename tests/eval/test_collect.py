@@ -1,9 +1,12 @@
 import json
+import os
 
 import numpy as np
 import pytest
+from filelock import FileLock
 
 from adainfer.data.tasks import LabelledPrompt
+from adainfer.engine.files import lock_path
 from adainfer.engine.model import EarlyExitModel
 from adainfer.eval.collect import CollectionFileError, collect, load_collection
 
@@ -171,13 +174,65 @@ def test_load_names_the_line_of_a_row_without_a_feature(fresh_file, tmp_path):
         load_collection(path)
 
 
-def test_load_skips_an_incomplete_prompt(fresh_file, tmp_path):
+def test_load_names_an_incomplete_prompt_instead_of_skipping_it(fresh_file, tmp_path):
+    # Skipped silently, a half-collected file once trained a policy on 1 of 10 prompts.
     lines = fresh_file.read_text().splitlines()
     path = tmp_path / "rows.jsonl"
     path.write_text("\n".join(lines[:-1]) + "\n")  # last prompt lost its layer-4 row
-    collection = load_collection(path)
-    assert collection.features.shape == (2, 4, 3)
-    np.testing.assert_array_equal(collection.features, load_collection(fresh_file).features[:2])
+    with pytest.raises(CollectionFileError, match="prompts 2 do not have exactly one row for each of the 4 layers"):
+        load_collection(path)
+
+
+def test_load_names_a_prompt_written_twice(fresh_file, tmp_path):
+    lines = fresh_file.read_text().splitlines()
+    path = tmp_path / "rows.jsonl"
+    path.write_text("\n".join(lines + lines[1:5]) + "\n")  # prompt 0 again, as a second writer did
+    with pytest.raises(CollectionFileError, match="prompts 0 do not have exactly one row"):
+        load_collection(path)
+
+
+def test_resume_refuses_a_changed_prompts_file(model, fresh_file, tmp_path):
+    path = tmp_path / "rows.jsonl"
+    path.write_bytes(fresh_file.read_bytes())
+    changed = [PROMPTS[0], LabelledPrompt("Q: something else\nA:", PROMPTS[1].answer), *PROMPTS[2:]]
+    with pytest.raises(CollectionFileError, match="prompts 1 differ from the prompts that were collected"):
+        collect(model, changed, path, FEATURES)
+    with pytest.raises(CollectionFileError, match="holds prompts 2 but the prompts file has 2"):
+        collect(model, PROMPTS[:2], path, FEATURES)
+    assert path.read_bytes() == fresh_file.read_bytes()
+
+
+def test_resume_refuses_rows_without_prompt_hashes(model, fresh_file, tmp_path):
+    path = tmp_path / "rows.jsonl"
+    header, *rows = fresh_file.read_text().splitlines()
+    legacy = [json.dumps({k: v for k, v in json.loads(row).items() if k != "prompt_sha256"}) for row in rows]
+    path.write_text("\n".join([header, *legacy]) + "\n")
+    with pytest.raises(CollectionFileError, match="written before rows recorded prompt_sha256"):
+        collect(model, PROMPTS, path, FEATURES)
+    assert load_collection(path).features.shape == (3, 4, 3)  # still readable, only not resumable
+
+
+def test_an_interrupted_resume_rewrite_keeps_the_file(model, fresh_file, tmp_path, monkeypatch):
+    # The rewrite of a resumed file used to truncate it first: an interrupt left 0 bytes.
+    path = tmp_path / "rows.jsonl"
+    path.write_bytes(fresh_file.read_bytes()[:-40])
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(os, "fsync", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        collect(model, PROMPTS, path, FEATURES)
+    assert path.read_bytes() == fresh_file.read_bytes()[:-40]
+    assert not [p.name for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
+
+
+def test_a_second_writer_is_refused_while_the_first_holds_the_file(model, tmp_path):
+    path = tmp_path / "rows.jsonl"
+    with FileLock(lock_path(path)):
+        with pytest.raises(CollectionFileError, match="another adainfer run is writing"):
+            collect(model, PROMPTS, path, FEATURES)
+    assert not path.exists()
 
 
 def test_select_returns_columns_in_the_asked_order(fresh_file):

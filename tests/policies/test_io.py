@@ -61,34 +61,48 @@ def test_load_identity_mismatch_names_keys_and_values(fitted, tmp_path):
     assert isinstance(raised.value, ValueError)
 
 
+def replace_part(directory, name, data: bytes) -> None:
+    """Write a part and record its sha256 in config.json, as whoever crafts a policy can."""
+    (directory / name).write_bytes(data)
+    config = json.loads((directory / "config.json").read_text())
+    config["parts"][name] = hashlib.sha256(data).hexdigest()
+    (directory / "config.json").write_text(json.dumps(config))
+
+
 def test_load_corrupted_crf_file(fitted, tmp_path):
     fitted["crf"].save(tmp_path, IDENTITY)
-    model = bytearray((tmp_path / "crf.crfsuite").read_bytes())
+    model = bytearray((tmp_path / "crf.npz").read_bytes())
     model[len(model) // 2] ^= 0xFF
-    (tmp_path / "crf.crfsuite").write_bytes(bytes(model))
-    with pytest.raises(PolicyFileError, match="corrupted: sha256"):
+    (tmp_path / "crf.npz").write_bytes(bytes(model))
+    with pytest.raises(PolicyFileError, match="corrupted or from another save: sha256"):
         load_policy(tmp_path)
-    (tmp_path / "crf.crfsuite").unlink()
-    with pytest.raises(PolicyFileError, match="missing .*crf.crfsuite"):
+    (tmp_path / "crf.npz").unlink()
+    with pytest.raises(PolicyFileError, match="missing .*crf.npz"):
         load_policy(tmp_path)
 
 
 def test_load_invalid_crf_model_with_matching_sha(fitted, tmp_path):
     fitted["crf"].save(tmp_path, IDENTITY)
-    garbage = b"not a crfsuite model" * 10
-    (tmp_path / "crf.crfsuite").write_bytes(garbage)
-    config = json.loads((tmp_path / "config.json").read_text())
-    config["crf_sha256"] = hashlib.sha256(garbage).hexdigest()
-    (tmp_path / "config.json").write_text(json.dumps(config))
-    with pytest.raises(PolicyFileError, match="cannot open"):
+    replace_part(tmp_path, "crf.npz", b"not a crf model" * 10)
+    with pytest.raises(PolicyFileError, match="not a readable archive"):
         load_policy(tmp_path)
 
 
 def test_load_garbage_skops_file(fitted, tmp_path):
     fitted["svm"].save(tmp_path, IDENTITY)
-    (tmp_path / "svm.skops").write_bytes(b"\x00garbage" * 20)
-    with pytest.raises(PolicyFileError, match="cannot load .*svm.skops"):
+    replace_part(tmp_path, "svm.skops", b"\x00garbage" * 20)
+    with pytest.raises(PolicyFileError, match="svm.skops is not a readable archive"):
         load_policy(tmp_path)
+
+
+def test_a_part_from_another_save_is_refused(data, tmp_path):
+    # An interrupted retrain used to leave a new svm.skops beside the old config.json.
+    X, y = data
+    SVMPolicy().fit(X, y).save(tmp_path / "a", IDENTITY)
+    SVMPolicy(C=0.01).fit(X[::-1], y[::-1]).save(tmp_path / "b", IDENTITY)
+    (tmp_path / "a" / "svm.skops").write_bytes((tmp_path / "b" / "svm.skops").read_bytes())
+    with pytest.raises(PolicyFileError, match="from another save"):
+        load_policy(tmp_path / "a")
 
 
 class Untrusted:
@@ -97,7 +111,8 @@ class Untrusted:
 
 def test_load_skops_with_untrusted_type(fitted, tmp_path):
     fitted["svm"].save(tmp_path, IDENTITY)
-    skops.io.dump(Untrusted(), tmp_path / "svm.skops")
+    skops.io.dump(Untrusted(), tmp_path / "untrusted.skops")
+    replace_part(tmp_path, "svm.skops", (tmp_path / "untrusted.skops").read_bytes())
     with pytest.raises(PolicyFileError, match="Untrusted"):
         load_policy(tmp_path)
 
@@ -105,8 +120,9 @@ def test_load_skops_with_untrusted_type(fitted, tmp_path):
 def test_load_skops_with_wrong_sklearn_model(data, tmp_path):
     X, y = data
     SVMPolicy().fit(X, y).save(tmp_path, IDENTITY)
-    skops.io.dump(LogisticRegression().fit(X.reshape(-1, 2), y.ravel()), tmp_path / "svm.skops")
-    with pytest.raises(PolicyFileError, match="does not hold StandardScaler"):
+    skops.io.dump(LogisticRegression().fit(X.reshape(-1, 2), y.ravel()), tmp_path / "other.skops")
+    replace_part(tmp_path, "svm.skops", (tmp_path / "other.skops").read_bytes())
+    with pytest.raises(PolicyFileError, match="does not hold a fitted StandardScaler"):
         load_policy(tmp_path)
 
 

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
+import tempfile
 from pathlib import Path
 from typing import Annotated
 
@@ -11,7 +13,8 @@ import numpy as np
 import typer
 from rich.progress import Progress
 
-from adainfer.cli.common import CacheOption, ModelOption, check_prompts, clean_errors, err, open_model, parse_choices
+from adainfer.cli.common import (CacheOption, ModelOption, check_prompts, clean_errors, err, open_model,
+                                 policy_candidates)
 from adainfer.data.tasks import read_prompts_jsonl
 from adainfer.inference.generate import MODES, generate
 from adainfer.inference.predict import predict as predict_one
@@ -29,12 +32,21 @@ def predict(
     cache_dir: CacheOption = None,
 ) -> None:
     """Answer each prompt with early exit: answer, exit layer, FLOPs ratios (paper's and with check cost)."""
+    if out is not None and out.exists() and prompts_file.exists() and out.resolve() == prompts_file.resolve():
+        raise ValueError(f"--out {out} is the prompts file itself; choose another output file")
     items = read_prompts_jsonl(prompts_file, require_answer=False)
+    if not items:
+        raise ValueError(f"{prompts_file} holds no prompts: nothing to predict")
+    if out is not None:
+        out.parent.mkdir(parents=True, exist_ok=True)
     exit_model = open_model(model, cache_dir)
     policy = load_policy(policy_dir, expected_identity=exit_model.identity())
-    candidates = exit_model.candidate_tokens(parse_choices(choices)) if choices else None
+    candidates = policy_candidates(exit_model, policy, choices)
     check_prompts(exit_model, items, prompts_file)
-    sink = out.open("w", encoding="utf-8") if out else sys.stdout
+    # Results go to stdout as they come, or to a temporary file that replaces --out only once every
+    # prompt is answered: a failure leaves an existing --out as it was.
+    sink = tempfile.NamedTemporaryFile("w", encoding="utf-8", dir=out.parent, prefix=f".{out.name}.", suffix=".tmp",
+                                       delete=False) if out else sys.stdout
     records = []
     try:
         with Progress(console=err, transient=out is None) as progress:
@@ -46,9 +58,14 @@ def predict(
                 records.append(record)
                 sink.write(json.dumps(record) + "\n")
                 sink.flush()
+        if out:
+            os.fsync(sink.fileno())
+            sink.close()
+            os.replace(sink.name, out)
     finally:
         if out:
             sink.close()
+            Path(sink.name).unlink(missing_ok=True)
     summary = {"prompts": len(records)}
     means = {"exit_layer": "mean_exit_layer", "paper_flops_ratio": "mean_paper_flops_ratio",
              "honest_flops_ratio": "mean_honest_flops_ratio", "correct": "accuracy"}

@@ -20,6 +20,7 @@ from adainfer.data.tasks import LabelledPrompt
 from adainfer.engine.features import check_feature_names
 from adainfer.engine.loading import DEFAULT_MODEL, EMBEDDED_MODELS
 from adainfer.engine.model import EarlyExitModel
+from adainfer.policies.base import StopPolicy
 
 err = Console(stderr=True)
 
@@ -69,6 +70,19 @@ def parse_choices(text: str) -> list[str]:
     if len(answers) < 2:
         raise ValueError(f"--choices needs at least two comma-separated answers, got {text!r}")
     return answers
+
+
+def policy_candidates(model: EarlyExitModel, policy: StopPolicy, choices: str | None) -> list[int] | None:
+    """The candidate token ids to predict with: `--choices`, which must be the answer set the policy
+    was trained with when it recorded one; else that recorded set."""
+    recorded = list(getattr(policy, "candidate_ids_", ()))
+    if not choices:
+        return recorded or None
+    candidates = model.candidate_tokens(parse_choices(choices))
+    if recorded and candidates != recorded:
+        raise ValueError(f"--choices {choices!r} gives answer tokens {candidates}, but the policy was trained on "
+                         f"the answer set with tokens {recorded}; use that set, in that order")
+    return candidates
 
 
 def parse_features(text: str) -> tuple[str, ...]:

@@ -35,6 +35,8 @@ def collect(
 ) -> None:
     """Record one row per (prompt, layer): lens features and whether the layer's top-1 is the gold token."""
     items = read_prompts_jsonl(prompts_file)
+    if not items:
+        raise ValueError(f"{prompts_file} holds no prompts: nothing to collect")
     names = parse_features(features)
     answers = parse_choices(choices) if choices else None
     exit_model = open_model(model, cache_dir)
@@ -62,6 +64,8 @@ def train(
     """Fit a stop policy on collected rows and save it with the identity of the model they came from."""
     if policy not in POLICIES:
         raise ValueError(f"--policy must be one of {', '.join(POLICIES)}, got {policy!r}")
+    if not math.isfinite(threshold):
+        raise ValueError(f"--threshold must be a finite number, got {threshold}")
     collection = load_collection(rows_file)
     names = parse_features(features)
     if policy == "gap":
@@ -69,7 +73,9 @@ def train(
     else:
         estimator = POLICIES[policy](features=names)
     fit_on(estimator, collection)
-    estimator.save(out, collection.model_identity)
+    reads_candidates = any(name.startswith("cand_") for name in estimator.features)
+    estimator.save(out, collection.model_identity,
+                   candidate_ids=collection.candidate_ids if reads_candidates else None)
     report = evaluate_policy(estimator, collection).to_dict()
     typer.echo(json.dumps({"policy": policy, "features": list(estimator.features), "saved_to": str(out),
                            "on_training_rows": report}, indent=2))

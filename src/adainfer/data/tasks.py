@@ -39,6 +39,7 @@ from adainfer.data.readers import (
     read_squad,
     read_sst2,
 )
+from adainfer.engine.files import write_bytes_atomic
 
 DATA_ENV = "ADAINFER_DATA"
 
@@ -224,14 +225,20 @@ def _read_jsonl(path: Path, keys: tuple[str, ...], error: type[ValueError],
     if not path.is_file():
         raise FileNotFoundError(f"{what} file {path} does not exist")
     records = []
-    with path.open(encoding="utf-8") as lines:
-        for number, line in enumerate(lines, start=1):
+    with path.open("rb") as lines:
+        for number, raw in enumerate(lines, start=1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                raise error(f"{path} line {number}: not UTF-8 ({exc.reason} at byte {exc.start})") from None
             if not line.strip():
                 continue
             try:
                 record = json.loads(line)
             except json.JSONDecodeError as exc:
-                raise error(f"{path} line {number}: not valid JSON ({exc.msg})") from exc
+                raise error(f"{path} line {number}: not valid JSON ({exc.msg})") from None
+            except RecursionError:
+                raise error(f"{path} line {number}: JSON nested too deeply") from None
             if not isinstance(record, dict):
                 raise error(f"{path} line {number}: expected a JSON object with keys {keys}")
             for key in (*keys, *optional):
@@ -239,6 +246,11 @@ def _read_jsonl(path: Path, keys: tuple[str, ...], error: type[ValueError],
                 if not isinstance(value, str) or not (value or key in optional):
                     raise error(f"{path} line {number}: {key!r} must be a non-empty string, "
                                 f"got {value!r}")
+                try:
+                    value.encode("utf-8")
+                except UnicodeEncodeError:
+                    raise error(f"{path} line {number}: {key!r} holds a lone surrogate escape (not valid "
+                                f"Unicode)") from None
             records.append({key: record.get(key, "") for key in (*keys, *optional)})
     return records
 
@@ -316,12 +328,17 @@ def build_prompts(examples: Sequence[Example], demonstration_pool: Sequence[Exam
 
 
 def write_prompts_jsonl(prompts: Sequence[LabelledPrompt], path: Path) -> None:
-    """One ``{"prompt": ..., "answer": ...}`` object per line, UTF-8, parent folders created."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("w", encoding="utf-8") as out:
-        for prompt in prompts:
-            out.write(json.dumps(asdict(prompt), ensure_ascii=False) + "\n")
+    """One ``{"prompt": ..., "answer": ...}`` object per line, UTF-8, parent folders created.
+
+    Encoded in full before anything is written, then written atomically: a prompt that cannot be
+    encoded (a lone surrogate) or an interrupt leaves the file that was there.
+    """
+    text = "".join(json.dumps(asdict(prompt), ensure_ascii=False) + "\n" for prompt in prompts)
+    try:
+        data = text.encode("utf-8")
+    except UnicodeEncodeError as error:
+        raise PromptFileError(f"cannot write {path}: a prompt is not valid Unicode ({error.reason})") from None
+    write_bytes_atomic(Path(path), data)
 
 
 def read_prompts_jsonl(path: Path, require_answer: bool = True) -> list[LabelledPrompt]:

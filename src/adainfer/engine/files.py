@@ -31,3 +31,12 @@ def write_bytes_atomic(path: Path, data: bytes) -> Path:
 def write_text_atomic(path: Path, text: str) -> Path:
     """`write_bytes_atomic` of `text` encoded as UTF-8."""
     return write_bytes_atomic(path, text.encode("utf-8"))
+
+
+def lock_path(path: Path) -> Path:
+    """The lock file guarding `path` (a file or a folder): ``.<name>.lock`` beside it.
+
+    Beside, not inside, so the lock outlives replacing `path` itself; `filelock` takes it.
+    """
+    path = Path(path)
+    return path.with_name(f".{path.name}.lock")

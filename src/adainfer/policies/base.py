@@ -13,24 +13,37 @@ Arrays, shared by every policy:
     depends on layers 0..l, because that is all inference has seen when it must decide.
 
 Persistence is a directory of ``config.json`` plus ``svm.skops`` (loaded by skops with an
-explicit trusted-type list) or ``crf.crfsuite`` (sha256 checked before crfsuite reads it);
-nothing is ever unpickled. `StopPolicy.save` writes it; `policies.io.load_policy` reads it back.
+explicit trusted-type list, after a size check) or ``crf.npz`` (plain float arrays, read with
+``allow_pickle=False``); nothing is ever unpickled and no file reaches a C parser unchecked.
+`config.json` records the sha256 of every other part, so parts of different saves never mix.
+`StopPolicy.save` writes the whole directory beside its destination and renames it into place;
+`policies.io.load_policy` reads it back and validates every field.
 """
 
 from __future__ import annotations
 
+import hashlib
 import importlib.metadata
 import json
+import os
+import shutil
+import tempfile
+import zipfile
 from pathlib import Path
 from typing import Any, ClassVar, Sequence
 
 import numpy as np
+from filelock import FileLock
 from sklearn.base import BaseEstimator
 
+from adainfer.engine.files import lock_path
 from adainfer.engine.schedule import policy_first_check
 from adainfer.policies.decisions import first_accepted_layer
 
 CONFIG_NAME = "config.json"
+# A saved part expands to at most this many bytes: policies hold a few thousand numbers, and a
+# crafted archive must be refused before it is inflated, not after.
+MAX_PART_BYTES = 64 * 2**20
 
 
 class PolicyFileError(ValueError):
@@ -54,6 +67,16 @@ def check_features(features: Sequence[str]) -> tuple[str, ...]:
     if not names or not all(isinstance(n, str) for n in names) or len(set(names)) != len(names):
         raise ValueError(f"features must be a non-empty tuple of unique names; got {features!r}")
     return names
+
+
+def check_number(name: str, value: Any, minimum: float | None = None, integer: bool = False) -> None:
+    """Refuse a parameter that is not a finite real number (bools and strings included) >= `minimum`."""
+    kinds = (int, np.integer) if integer else (int, float, np.integer, np.floating)
+    if isinstance(value, bool) or not isinstance(value, kinds) or not np.isfinite(value) or (
+            minimum is not None and value < minimum):
+        what = "an integer" if integer else "a finite number"
+        bound = f" >= {minimum}" if minimum is not None else ""
+        raise ValueError(f"{name} must be {what}{bound}; got {value!r}")
 
 
 def check_X(X: Any, n_features: int) -> np.ndarray:
@@ -120,12 +143,21 @@ class StopPolicy(BaseEstimator):
         """Decision after the last layer of ``trace`` (n_layers_so_far, n_features): what a live walk asks."""
         raise NotImplementedError
 
-    def save(self, directory: str | Path, model_identity: dict) -> Path:
-        """Write ``config.json`` (+ the model file) so `load_policy` can check what it loads."""
+    def save(self, directory: str | Path, model_identity: dict,
+             candidate_ids: Sequence[int] | None = None) -> Path:
+        """Write ``config.json`` (+ the model file) so `load_policy` can check what it loads.
+
+        The directory is written beside ``directory`` and renamed into place under a lock, so a
+        reader sees the old policy or the new one, never parts of both. `candidate_ids`, the
+        closed answer set's first tokens a policy on ``cand_*`` features was trained with, is
+        recorded so that predicting with another answer set is refused.
+        """
         if not isinstance(model_identity, dict):
             raise ValueError(f"model_identity must be a dict; got {type(model_identity).__name__}")
         directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
+        if directory.exists() and (not directory.is_dir()
+                                   or (any(directory.iterdir()) and not (directory / CONFIG_NAME).is_file())):
+            raise ValueError(f"{directory} exists and is not a policy directory; choose another --out")
         config = {
             "kind": self.kind,
             "params": self.get_params(deep=False),
@@ -133,20 +165,32 @@ class StopPolicy(BaseEstimator):
             "model_identity": model_identity,
             "n_layers": getattr(self, "n_layers_", None),
             "first_check": policy_first_check(self),
+            "candidate_ids": [int(i) for i in candidate_ids] if candidate_ids else None,
             "adainfer_version": _adainfer_version(),
         }
-        config.update(self._save_state(directory))  # model file first: no config, no policy
-        try:
-            text = json.dumps(config, indent=2, sort_keys=True)
-        except TypeError as error:
-            message = f"params and model_identity must be JSON-serialisable: {error}"
-            raise ValueError(message) from None
-        (directory / CONFIG_NAME).write_text(text + "\n")
+        directory.parent.mkdir(parents=True, exist_ok=True)
+        with FileLock(lock_path(directory)):
+            staging = Path(tempfile.mkdtemp(dir=directory.parent, prefix=f".{directory.name}.", suffix=".tmp"))
+            staging.chmod(0o755)  # mkdtemp's 0o700 would hide the policy from other users
+            try:
+                config.update(self._save_state(staging))
+                config["parts"] = {part.name: file_sha256(part) for part in sorted(staging.iterdir())}
+                try:
+                    text = json.dumps(config, indent=2, sort_keys=True, allow_nan=False)
+                except (TypeError, ValueError) as error:
+                    raise ValueError(f"params and model_identity must be JSON-serialisable: {error}") from None
+                (staging / CONFIG_NAME).write_text(text + "\n")
+                _replace_directory(staging, directory)
+            finally:
+                shutil.rmtree(staging, ignore_errors=True)
         return directory
 
     def _learn_first_check(self, X: np.ndarray) -> None:
         """The check schedule, `first_check_`: the earliest layer accepted on any training prompt."""
         self.first_check_ = first_accepted_layer(self.predict(X))
+
+    def check_params(self) -> None:
+        """Raise ValueError for a constructor argument no fit or load could use (called by both)."""
 
     def _save_state(self, directory: Path) -> dict:
         return {}
@@ -157,3 +201,64 @@ class StopPolicy(BaseEstimator):
     @classmethod
     def _params_from_config(cls, params: dict) -> dict:
         return params
+
+
+def file_sha256(path: Path) -> str:
+    """The sha256 of a file's bytes, as hex."""
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def _replace_directory(staging: Path, directory: Path) -> None:
+    """Move the finished `staging` folder to `directory`, replacing an older policy there.
+
+    A directory cannot be replaced in one step: the old one is renamed aside first, so a crash in
+    between leaves it as ``.<name>.old`` next to a missing `directory`, never a mixed one.
+    """
+    for part in staging.iterdir():
+        with open(part, "rb") as stream:
+            os.fsync(stream.fileno())
+    old = directory.with_name(f".{directory.name}.old")
+    shutil.rmtree(old, ignore_errors=True)
+    if directory.exists():
+        os.rename(directory, old)
+    os.rename(staging, directory)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def check_archive_size(path: Path) -> None:
+    """Refuse a zip archive (`.npz`, `.skops`) whose members would inflate past `MAX_PART_BYTES`."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            inflated = sum(member.file_size for member in archive.infolist())
+    except (OSError, zipfile.BadZipFile, ValueError) as error:
+        raise PolicyFileError(f"{path} is not a readable archive: {error}") from None
+    if inflated > MAX_PART_BYTES:
+        raise PolicyFileError(f"{path} would inflate to {inflated} bytes (limit {MAX_PART_BYTES}); "
+                              f"a policy is a few kilobytes")
+
+
+def read_npz_arrays(path: Path, shapes: dict[str, tuple[int, ...]]) -> dict[str, np.ndarray]:
+    """Exactly the arrays `shapes` names from the `.npz` at `path`: finite float64 of those shapes.
+
+    Read with ``allow_pickle=False``; anything else in the file, or a wrong name, dtype or shape,
+    is a `PolicyFileError`.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise PolicyFileError(f"missing {path}")
+    check_archive_size(path)
+    try:
+        with np.load(path, allow_pickle=False) as stored:
+            if sorted(stored.files) != sorted(shapes):
+                raise PolicyFileError(f"{path} holds arrays {sorted(stored.files)}, expected {sorted(shapes)}")
+            arrays = {name: stored[name] for name in shapes}
+    except PolicyFileError:
+        raise
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as error:
+        raise PolicyFileError(f"cannot read {path}: {error}") from None
+    for name, shape in shapes.items():
+        array = arrays[name]
+        if array.dtype != np.float64 or array.shape != shape or not np.isfinite(array).all():
+            raise PolicyFileError(f"{path}: {name} must be finite float64 of shape {shape}; "
+                                  f"got {array.dtype} {array.shape}")
+    return arrays

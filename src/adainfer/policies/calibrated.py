@@ -32,6 +32,7 @@ from typing import Any
 import numpy as np
 from scipy.stats import binom
 
+from adainfer.policies.base import PolicyFileError, check_number
 from adainfer.policies.decisions import answers_at, exit_layers, stable_labels
 from adainfer.policies.svm import SVMPolicy
 
@@ -144,6 +145,10 @@ class CalibratedPolicy(SVMPolicy):
         super().__init__(features, kernel, C, class_weight)
         self.first_check = first_check
 
+    def check_params(self) -> None:
+        super().check_params()
+        check_number("first_check", self.first_check, minimum=1, integer=True)
+
     def fit(self, X: Any, y: Any) -> CalibratedPolicy:
         """`y` is either top-1 ids (prompts, layers), turned into stability labels, or 0/1 labels."""
         X, y = np.asarray(X), np.asarray(y)
@@ -206,12 +211,33 @@ class CalibratedPolicy(SVMPolicy):
     def _load_state(self, directory: Path, config: dict) -> None:
         super()._load_state(directory, config)
         self.first_check_ = self.first_check
-        calibration = config.get("calibration") or {}
+        try:
+            self._load_calibration(config.get("calibration"))
+        except (TypeError, ValueError, KeyError) as error:
+            raise PolicyFileError(f"{directory / 'config.json'}: bad calibration: {error}") from None
+
+    def _load_calibration(self, calibration: Any) -> None:
+        """The threshold, its grid and certificate from config.json's `calibration`, each checked."""
+        if not isinstance(calibration, dict) or not set(calibration) <= {"threshold", "threshold_grid", "certificate"}:
+            raise ValueError("expected an object of threshold, threshold_grid (older policies have none) and certificate")
         threshold = calibration.get("threshold")
+        if threshold is not None:
+            check_number("threshold", threshold)
         self.threshold_ = float("inf") if threshold is None else float(threshold)
-        if calibration.get("threshold_grid") is not None:  # JSON floats round-trip float64 exactly
-            self.threshold_grid_ = np.asarray(calibration["threshold_grid"], dtype=np.float64)
+        grid = calibration.get("threshold_grid")
+        if grid is not None:  # JSON floats round-trip float64 exactly
+            if not isinstance(grid, list) or not all(isinstance(v, (int, float)) and not isinstance(v, bool)
+                                                     for v in grid):
+                raise ValueError("threshold_grid must be a list of numbers")
+            grid = np.asarray(grid, dtype=np.float64)
+            if grid.ndim != 1 or len(grid) == 0 or not np.isfinite(grid).all() or (np.diff(grid) >= 0).any():
+                raise ValueError("threshold_grid must be finite and strictly descending")
+            self.threshold_grid_ = grid
         if calibration.get("certificate"):
             record = dict(calibration["certificate"])
             record["threshold"] = self.threshold_
+            for name in ("epsilon", "delta", "empirical_risk", "p_value"):
+                check_number(name, record.get(name), minimum=0)
+            for name in ("calibration_prompts", "thresholds_tested"):
+                check_number(name, record.get(name), minimum=0, integer=True)
             self.certificate_ = RiskCertificate(**record)

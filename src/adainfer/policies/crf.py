@@ -2,21 +2,20 @@
 
 from __future__ import annotations
 
-import hashlib
 import tempfile
 from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
-import pycrfsuite
 import sklearn_crfsuite
 from sklearn.utils.validation import check_is_fitted
 
-from adainfer.policies.base import (CONFIG_NAME, PolicyFileError, StopPolicy, check_both_classes, check_features,
-                                    check_trace, check_X, check_y)
+from adainfer.policies.base import (PolicyFileError, StopPolicy, check_both_classes, check_features, check_number,
+                                    check_trace, check_X, check_y, read_npz_arrays)
 
-CRF_FILE = "crf.crfsuite"
+CRF_FILE = "crf.npz"
 _CRF_BIAS = "_bias"  # crfsuite float features have no intercept of their own
+_LABELS = ("0", "1")
 
 
 class CRFPolicy(StopPolicy):
@@ -35,6 +34,11 @@ class CRFPolicy(StopPolicy):
     meets: layer 1 alone scored 0.24 higher as 1 than as 0 from its confident junk (mean gap 0.84),
     so the CRF exited there on all 200 eval prompts (-61 points), though its full-sequence path
     labels that layer 0 on every one. Trained on prefixes, it sees a sequence end at every depth.
+
+    crfsuite only trains. The learned weights are kept as two arrays, `state_weights_`
+    (n_features + 1, 2): one row per feature then the bias, one column per label 0/1, and
+    `transition_weights_` (2, 2) [previous label, label]; decoding is a numpy forward pass over
+    them, so a saved policy is plain arrays (`crf.npz`) and no file ever reaches crfsuite's C loader.
     """
 
     kind = "crf"
@@ -50,17 +54,24 @@ class CRFPolicy(StopPolicy):
         names = self.features
         return [{_CRF_BIAS: 1.0, **dict(zip(names, row))} for row in rows.tolist()]
 
+    def check_params(self) -> None:
+        check_features(self.features)
+        check_number("c1", self.c1, minimum=0)
+        check_number("c2", self.c2, minimum=0)
+        check_number("max_iterations", self.max_iterations, minimum=1, integer=True)
+
     def fit(self, X: Any, y: Any) -> CRFPolicy:
         """Fit on every prefix 1..l of every layer sequence (l = 1..n_layers), the sequences
         `predict` decodes; labels become the crfsuite strings "0"/"1"."""
-        X = check_X(X, len(check_features(self.features)))
+        self.check_params()
+        names = check_features(self.features)
+        X = check_X(X, len(names))
         y = check_y(y, X)
         check_both_classes(y)
         with tempfile.TemporaryDirectory() as tmp:
-            model_path = Path(tmp) / CRF_FILE
             crf = sklearn_crfsuite.CRF(algorithm="lbfgs", c1=self.c1, c2=self.c2,
                                        max_iterations=self.max_iterations,
-                                       model_filename=str(model_path))
+                                       model_filename=str(Path(tmp) / "crf.crfsuite"))
             items, labels = [], []
             for seq, seq_labels in zip(X, y):
                 seq_items, seq_tags = self._items(seq), [str(v) for v in seq_labels]
@@ -68,69 +79,55 @@ class CRFPolicy(StopPolicy):
                     items.append(seq_items[:end])
                     labels.append(seq_tags[:end])
             crf.fit(items, labels)
-            model_bytes = model_path.read_bytes()
-        self._open_tagger(model_bytes)
+            attributes = [*names, _CRF_BIAS]
+            self.state_weights_ = np.array([[crf.state_features_.get((attribute, label), 0.0) for label in _LABELS]
+                                            for attribute in attributes], dtype=np.float64)
+            self.transition_weights_ = np.array([[crf.transition_features_.get((previous, label), 0.0)
+                                                  for label in _LABELS] for previous in _LABELS], dtype=np.float64)
         self.n_layers_ = X.shape[1]
         self.n_features_in_ = X.shape[2]
         self._learn_first_check(X)
         return self
 
-    def _open_tagger(self, model_bytes: bytes) -> None:
-        tagger = pycrfsuite.Tagger()
-        tagger.open_inmemory(model_bytes)  # ValueError on an invalid model
-        if sorted(tagger.labels()) != ["0", "1"]:
-            raise ValueError(f"CRF model labels are {tagger.labels()}, expected ['0', '1']")
-        self.model_bytes_ = model_bytes  # crfsuite reads from this buffer: keep it alive
-        self._tagger = tagger
+    def last_label_log_odds(self, X: Any) -> np.ndarray:
+        """log P(y_l = 1 | layers 1..l) - log P(y_l = 0 | layers 1..l) for every prefix, (n_prompts, n_layers).
 
-    def __getstate__(self) -> dict:
-        state = dict(super().__getstate__())  # may be the live __dict__: never mutate it
-        state.pop("_tagger", None)  # a C object; rebuilt from model_bytes_ (deepcopy, clone)
-        return state
-
-    def __setstate__(self, state: dict) -> None:
-        super().__setstate__(state)
-        if "model_bytes_" in state:
-            self._open_tagger(state["model_bytes_"])
-
-    def predict(self, X: Any) -> np.ndarray:
-        """Online exit decisions, shape (n_prompts, n_layers): one prefix tagged per layer."""
+        The forward pass over a whole sequence holds every prefix's forward scores, and the
+        backward scores of a prefix's last label are all 1, so its marginal is the normalised
+        forward score at l: one pass gives the online decision at every layer.
+        """
         check_is_fitted(self)
         X = check_X(X, self.n_features_in_)
-        decisions = np.empty(X.shape[:2], dtype=np.int64)
-        for prompt, seq in enumerate(X):
-            items = self._items(seq)
-            for layer in range(len(items)):
-                decisions[prompt, layer] = self._exit_last(items[: layer + 1])
-        return decisions
+        state = X @ self.state_weights_[:-1] + self.state_weights_[-1]  # (prompts, layers, 2)
+        log_odds = np.empty(X.shape[:2])
+        alpha = state[:, 0]
+        log_odds[:, 0] = alpha[:, 1] - alpha[:, 0]
+        for layer in range(1, X.shape[1]):
+            scores = alpha[:, :, None] + self.transition_weights_[None]  # [prompt, previous, label]
+            alpha = np.logaddexp(scores[:, 0], scores[:, 1]) + state[:, layer]
+            log_odds[:, layer] = alpha[:, 1] - alpha[:, 0]
+        return log_odds
+
+    def predict(self, X: Any) -> np.ndarray:
+        """Online exit decisions, shape (n_prompts, n_layers): P(y_l = 1 | layers 1..l) > 0.5."""
+        return (self.last_label_log_odds(X) > 0).astype(np.int64)
 
     def should_exit(self, trace: Any) -> bool:
         """Decision after the last layer of ``trace`` (n_layers_so_far, n_features)."""
         check_is_fitted(self)
         trace = check_trace(trace, self.n_features_in_)
-        return self._exit_last(self._items(trace))
-
-    def _exit_last(self, items: list[dict[str, float]]) -> bool:
-        """P(last label = 1 | items) > 0.5, by forward-backward over the prefix ``items``."""
-        self._tagger.set(items)
-        return self._tagger.marginal("1", len(items) - 1) > 0.5
+        return bool(self.last_label_log_odds(trace[None])[0, -1] > 0)
 
     def _save_state(self, directory: Path) -> dict:
         check_is_fitted(self)
-        (directory / CRF_FILE).write_bytes(self.model_bytes_)
-        return {"crf_sha256": hashlib.sha256(self.model_bytes_).hexdigest()}
+        with open(directory / CRF_FILE, "wb") as stream:
+            np.savez(stream, state_weights=self.state_weights_, transition_weights=self.transition_weights_)
+        return {}
 
     def _load_state(self, directory: Path, config: dict) -> None:
-        path = directory / CRF_FILE
-        if not path.is_file():
-            raise PolicyFileError(f"missing {path}")
-        model_bytes = path.read_bytes()
-        digest = hashlib.sha256(model_bytes).hexdigest()
-        if digest != config.get("crf_sha256"):
-            raise PolicyFileError(f"{path} is corrupted: sha256 {digest} != "
-                                  f"{config.get('crf_sha256')} recorded in {CONFIG_NAME}")
-        try:
-            self._open_tagger(model_bytes)
-        except ValueError as error:
-            raise PolicyFileError(f"cannot open {path}: {error}") from None
+        n_attributes = len(self.features) + 1
+        arrays = read_npz_arrays(directory / CRF_FILE, {"state_weights": (n_attributes, 2),
+                                                         "transition_weights": (2, 2)})
+        self.state_weights_ = arrays["state_weights"]
+        self.transition_weights_ = arrays["transition_weights"]
         self.n_features_in_ = len(self.features)

@@ -6,7 +6,7 @@ from typing import Any
 
 import numpy as np
 
-from adainfer.policies.base import StopPolicy, check_trace, check_X, check_y
+from adainfer.policies.base import StopPolicy, check_number, check_trace, check_X, check_y
 
 
 class GapThresholdPolicy(StopPolicy):
@@ -26,8 +26,14 @@ class GapThresholdPolicy(StopPolicy):
         """The single column X must hold."""
         return (self.feature,)
 
+    def check_params(self) -> None:
+        check_number("threshold", self.threshold)
+        if not isinstance(self.feature, str) or not self.feature:
+            raise ValueError(f"feature must be a feature name; got {self.feature!r}")
+
     def fit(self, X: Any, y: Any = None) -> GapThresholdPolicy:
         """Check X (and y if given) have the right shapes; nothing is learned."""
+        self.check_params()
         X = check_X(X, 1)
         if y is not None:
             check_y(y, X)

@@ -12,12 +12,13 @@ from sklearn.preprocessing import StandardScaler
 from sklearn.svm import SVC
 from sklearn.utils.validation import check_is_fitted
 
-from adainfer.policies.base import (PolicyFileError, StopPolicy, check_both_classes, check_features, check_trace,
-                                    check_X, check_y)
+from adainfer.policies.base import (PolicyFileError, StopPolicy, check_archive_size, check_both_classes,
+                                    check_features, check_number, check_trace, check_X, check_y)
 
 SVM_FILE = "svm.skops"
 # The only types an svm.skops file may hold besides skops' own builtins/numpy defaults.
 SVM_TRUSTED_TYPES = [f"{t.__module__}.{t.__qualname__}" for t in (Pipeline, StandardScaler, SVC)]
+SVM_KERNELS = ("linear", "rbf", "poly", "sigmoid")
 
 
 class SVMPolicy(StopPolicy):
@@ -37,8 +38,21 @@ class SVMPolicy(StopPolicy):
         self.C = C
         self.class_weight = class_weight
 
+    def check_params(self) -> None:
+        check_features(self.features)
+        if self.kernel not in SVM_KERNELS:
+            raise ValueError(f"kernel must be one of {', '.join(SVM_KERNELS)}; got {self.kernel!r}")
+        check_number("C", self.C, minimum=1e-12)
+        weights = self.class_weight
+        if not (weights is None or weights == "balanced" or (
+                isinstance(weights, dict) and set(weights) <= {0, 1}
+                and all(not isinstance(v, bool) and isinstance(v, (int, float)) and np.isfinite(v) and v > 0
+                        for v in weights.values()))):
+            raise ValueError(f"class_weight must be None, 'balanced' or {{0: w, 1: w}} with w > 0; got {weights!r}")
+
     def fit(self, X: Any, y: Any) -> SVMPolicy:
         """Fit on every (prompt, layer) row independently."""
+        self.check_params()
         X = check_X(X, len(check_features(self.features)))
         y = check_y(y, X)
         check_both_classes(y)
@@ -100,18 +114,17 @@ class SVMPolicy(StopPolicy):
         path = directory / SVM_FILE
         if not path.is_file():
             raise PolicyFileError(f"missing {path}")
+        check_archive_size(path)
         try:
             pipeline = skops.io.load(path, trusted=SVM_TRUSTED_TYPES)
         except Exception as error:  # skops raises many types on garbage; all mean "bad file"
             message = " ".join(str(error).split())
             message = f"cannot load {path}: {type(error).__name__}: {message}"
             raise PolicyFileError(message) from None
-        # skops also trusts its defaults (any sklearn estimator), so check the structure too.
-        if (not isinstance(pipeline, Pipeline) or len(pipeline.steps) != 2
-                or type(pipeline[0]) is not StandardScaler or type(pipeline[-1]) is not SVC
-                or pipeline.n_features_in_ != len(self.features)):
-            raise PolicyFileError(f"{path} does not hold StandardScaler+SVC over "
-                                  f"{len(self.features)} features")
+        problem = _fitted_pipeline_problem(pipeline, len(self.features), self.kernel)
+        if problem:
+            raise PolicyFileError(f"{path} does not hold a fitted StandardScaler+SVC over "
+                                  f"{len(self.features)} features: {problem}")
         self.pipeline_ = pipeline
         self.n_features_in_ = len(self.features)
         self._prepare_fast_path()
@@ -121,3 +134,38 @@ class SVMPolicy(StopPolicy):
         if isinstance(params.get("class_weight"), dict):  # JSON turned the int keys into str
             params["class_weight"] = {int(k): v for k, v in params["class_weight"].items()}
         return params
+
+
+def _fitted_pipeline_problem(pipeline: Any, n_features: int, kernel: str) -> str | None:
+    """What is wrong with a loaded pipeline, or None: skops also trusts its defaults (any sklearn
+    estimator), and a crafted file can hold arrays of any shape, so every array `_margin` reads is checked."""
+    if (not isinstance(pipeline, Pipeline) or len(pipeline.steps) != 2
+            or type(pipeline[0]) is not StandardScaler or type(pipeline[-1]) is not SVC):
+        return "another kind of model"
+    scaler, svc = pipeline[0], pipeline[-1]
+    if svc.kernel != kernel:
+        return f"kernel {svc.kernel!r}, config says {kernel!r}"
+    support = getattr(svc, "support_vectors_", None)
+    arrays = {"mean_": (getattr(scaler, "mean_", None), (n_features,)),
+              "scale_": (getattr(scaler, "scale_", None), (n_features,)),
+              "support_vectors_": (support, (len(support) if isinstance(support, np.ndarray) else -1, n_features)),
+              "dual_coef_": (getattr(svc, "dual_coef_", None), (1, len(support) if isinstance(support, np.ndarray) else -1)),
+              "intercept_": (getattr(svc, "intercept_", None), (1,)),
+              "classes_": (getattr(svc, "classes_", None), (2,))}
+    for name, (array, shape) in arrays.items():
+        if not isinstance(array, np.ndarray) or array.shape != shape or array.dtype.kind not in "fiu":
+            return f"{name} is {getattr(array, 'shape', type(array).__name__)}, expected shape {shape}"
+        if not np.isfinite(array).all():
+            return f"{name} holds NaN or infinite values"
+    if svc.classes_.tolist() != [0, 1] or (scaler.scale_ <= 0).any() or len(support) == 0:
+        return "classes are not [0, 1], a scale is not positive or there are no support vectors"
+    if getattr(pipeline, "n_features_in_", None) != n_features:
+        return f"n_features_in_ is {getattr(pipeline, 'n_features_in_', None)}"
+    gamma = getattr(svc, "_gamma", None)
+    if kernel != "linear" and (isinstance(gamma, bool) or not isinstance(gamma, (int, float))
+                               or not np.isfinite(gamma) or gamma <= 0):
+        return f"_gamma is {gamma!r}, expected a positive number"
+    for name in ("_intercept_", "_dual_coef_", "_n_support", "support_", "fit_status_", "shape_fit_"):
+        if not hasattr(svc, name):
+            return f"the SVC lacks {name}"
+    return None
