@@ -16,7 +16,7 @@ first newline).
 
 Usage: python benchmarks/generation.py [--model gemma3-270m] [--prompts 50] [--max-new-tokens 24]
        [--draft-layer 18] [--draft-vocab 32768] [--fast-exit-layer 15,17] [--policy DIR]
-       [--min-exit-layer 12] [--threads 1] [--out benchmarks/results/generation.json]
+       [--first-check 12] [--threads 1] [--out benchmarks/results/generation.json]
 """
 
 from __future__ import annotations
@@ -160,7 +160,7 @@ def main() -> None:
     parser.add_argument("--draft-vocab", type=int, default=32768, help="draft head rows: ids 0..N-1 (0 = full head)")
     parser.add_argument("--fast-exit-layer", default="15,17", help="fast-mode fixed exit layer(s), comma-separated, or ''")
     parser.add_argument("--policy", default=None, help="stop-policy directory for a fast-mode run")
-    parser.add_argument("--min-exit-layer", type=int, default=12, help="first layer the policy reads")
+    parser.add_argument("--first-check", type=int, default=12, help="first layer at which the policy is asked")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     parser.add_argument("--seed", type=int, default=0, help="prompt sample seed")
     parser.add_argument("--out", default="benchmarks/results/generation.json")
