@@ -33,14 +33,15 @@ def policy_first_check(policy: Any) -> int:
     return int(getattr(policy, "first_check_", 1))
 
 
-def check_first_check(first_check: int, num_layers: int) -> int:
-    """Validate a first check: 1..num_layers - 1, or num_layers + 1 for "never check"."""
+def check_first_check(first_check: int, num_layers: int, allow_never: bool = True) -> int:
+    """Validate a first check: 1..num_layers - 1, or (when `allow_never`) num_layers + 1 for "never
+    check"; the last layer itself is never one, since exiting there saves nothing."""
     if isinstance(first_check, bool) or not isinstance(first_check, (int, np.integer)):
         raise ValueError(f"first_check must be an integer, got {first_check!r}")
-    if not (1 <= first_check <= num_layers - 1 or first_check == num_layers + 1):
-        raise ValueError(f"first_check must be in 1..{num_layers - 1} (or {num_layers + 1}: never check), "
-                         f"got {first_check}")
-    return int(first_check)
+    if 1 <= first_check <= num_layers - 1 or (allow_never and first_check == num_layers + 1):
+        return int(first_check)
+    never = f" (or {num_layers + 1}: never check)" if allow_never else f" (layer {num_layers} is the last: exiting there saves nothing)"
+    raise ValueError(f"first_check must be in 1..{num_layers - 1}{never}, got {first_check}")
 
 
 def first_read_layer(first_check: int, reads_previous: bool, num_layers: int) -> int:

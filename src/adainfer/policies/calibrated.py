@@ -32,6 +32,7 @@ from typing import Any
 import numpy as np
 from scipy.stats import binom
 
+from adainfer.engine.schedule import check_first_check
 from adainfer.policies.base import PolicyFileError, check_number
 from adainfer.policies.decisions import answers_at, exit_layers, stable_labels
 from adainfer.policies.svm import SVMPolicy
@@ -60,12 +61,6 @@ def binomial_p_value(changed: int, n: int, epsilon: float) -> float:
     return float(binom.cdf(changed, n, epsilon))
 
 
-def _check_first_check(first_check: int, layers: int) -> None:
-    if not 1 <= first_check <= layers - 1:
-        raise ValueError(f"first_check must be in 1..{layers - 1} (layer {layers} is the last: exiting there "
-                         f"saves nothing), got {first_check}")
-
-
 def threshold_grid(train_scores: np.ndarray, first_check: int = 1, size: int = 200) -> np.ndarray:
     """The hypotheses of fixed-sequence testing: thresholds, most cautious (highest) first, (<= size,).
 
@@ -76,7 +71,7 @@ def threshold_grid(train_scores: np.ndarray, first_check: int = 1, size: int = 2
     train_scores = np.asarray(train_scores, dtype=np.float64)
     if train_scores.ndim != 2 or len(train_scores) == 0:
         raise ValueError(f"train_scores must be (prompts, layers) with at least one prompt, got {train_scores.shape}")
-    _check_first_check(first_check, train_scores.shape[1])
+    check_first_check(first_check, train_scores.shape[1], allow_never=False)
     if size < 1:
         raise ValueError(f"size must be at least 1, got {size}")
     eligible = train_scores[:, first_check - 1:-1]
@@ -97,7 +92,7 @@ def learn_then_test(scores: np.ndarray, top1: np.ndarray, epsilon: float, delta:
         raise ValueError(f"epsilon and delta must be in (0, 1), got {epsilon} and {delta}")
     if scores.shape != top1.shape or scores.ndim != 2 or len(scores) == 0:
         raise ValueError(f"scores {scores.shape} and top1 {top1.shape} must be the same (prompts, layers)")
-    _check_first_check(first_check, scores.shape[1])
+    check_first_check(first_check, scores.shape[1], allow_never=False)
     grid = np.asarray(grid, dtype=np.float64)
     if grid.ndim != 1 or len(grid) == 0 or not np.isfinite(grid).all() or (np.diff(grid) >= 0).any():
         raise ValueError("grid must be a non-empty, finite, strictly descending 1-D array of thresholds "
@@ -153,7 +148,7 @@ class CalibratedPolicy(SVMPolicy):
         """`y` is either top-1 ids (prompts, layers), turned into stability labels, or 0/1 labels."""
         X, y = np.asarray(X), np.asarray(y)
         if X.ndim == 3:  # other shapes: SVMPolicy.fit says what is wrong
-            _check_first_check(self.first_check, X.shape[1])
+            check_first_check(self.first_check, X.shape[1], allow_never=False)
         labels = y if set(np.unique(y)) <= {0, 1} else stable_labels(y)
         self.threshold_ = 0.0  # the plain SVM's cut until `calibrate`; set first, fitting predicts
         super().fit(X, labels)
