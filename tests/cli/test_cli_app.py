@@ -388,8 +388,8 @@ def test_every_verb_is_registered_once_in_the_order_help_lists_them():
     from adainfer.cli.app import app
 
     names = [command.name or command.callback.__name__ for command in app.registered_commands]
-    assert names == ["info", "profile", "prompts", "collect", "train", "evaluate", "predict", "eval", "report",
+    assert names == ["fit", "info", "profile", "prompts", "collect", "train", "evaluate", "predict", "eval", "report",
                      "export-traces", "transfer", "calibrate", "generate"]
     listed = invoke("--help").stdout
-    positions = [listed.index(f" {name} ") for name in ("info", "collect", "predict", "eval", "calibrate", "generate")]
+    positions = [listed.index(f" {name} ") for name in ("fit", "info", "collect", "predict", "eval", "calibrate", "generate")]
     assert positions == sorted(positions)

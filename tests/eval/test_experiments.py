@@ -5,6 +5,7 @@ import pytest
 from synthetic_traces import LAYERS, setting, synthetic
 
 from adainfer.eval import experiments
+from adainfer.policies import calibrated
 from adainfer.eval.experiments import (PAPER_METHODS, calibration_rows, dense_and_oracle, factor_rows,
                                        model_transfer_rows, score, setting_rows, transfer_rows)
 from adainfer.eval.harness import Setting, SettingData
@@ -105,7 +106,7 @@ def _fixed_thresholds(monkeypatch, thresholds):
     def fake(scores, top1, epsilon, delta, grid, first_check=1):
         return RiskCertificate(epsilon, delta, len(scores), next(chosen), 0.0, 0.01, 1)
 
-    monkeypatch.setattr(experiments, "learn_then_test", fake)
+    monkeypatch.setattr(calibrated, "learn_then_test", fake)
 
 
 def test_calibration_rows_test_the_grid_of_the_training_traces(monkeypatch):
@@ -115,7 +116,7 @@ def test_calibration_rows_test_the_grid_of_the_training_traces(monkeypatch):
         grids.append(grid)
         return learn_then_test(scores, top1, epsilon, delta, grid, first_check)
 
-    monkeypatch.setattr(experiments, "learn_then_test", recording)
+    monkeypatch.setattr(calibrated, "learn_then_test", recording)
     data = _setting()
     experiments.calibration_rows(data, 0.1, 0.1, splits=3)
     experiments.calibration_rows(_setting(eval_seed=2, eval_prompts=60), 0.1, 0.1, splits=3)

@@ -128,7 +128,7 @@ def test_predict_on_a_full_disk_is_one_error_line(clean_run, tiny_llama_dir, tmp
     full = open("/dev/full", "w")
     monkeypatch.setattr(sys, "stdout", full)
     with pytest.raises(answering.typer.Exit) as raised:
-        answering.predict(prompts, clean / "policy", None, None, str(tiny_llama_dir), tmp_path / "cache")
+        answering.predict(prompts, clean / "policy", model=str(tiny_llama_dir), cache_dir=tmp_path / "cache")
     with contextlib.suppress(OSError):  # what could not be written is still buffered
         full.close()
     assert raised.value.exit_code == 2
@@ -147,7 +147,7 @@ def test_a_failing_predict_keeps_the_existing_output(clean_run, tiny_llama_dir, 
     assert_clean_error(result, "line 25")
     assert out.read_text() == "earlier results\n"
     assert_clean_error(invoke("predict", prompts, "-p", clean / "policy", "-o", prompts, "--model", tiny_llama_dir),
-                       "is the prompts file itself")
+                       "is the inputs file itself")
     nested = tmp_path / "new" / "folder" / "out.jsonl"
     ok("predict", prompts, "-p", clean / "policy", "-o", nested, "--model", tiny_llama_dir,
        "--cache-dir", tmp_path / "cache")

@@ -1,6 +1,7 @@
 """From decisions to exits and answers, the stable-answer oracle and its labels, and a scheduled policy's view."""
 
 import numpy as np
+import pytest
 
 from adainfer.policies.decisions import (answers_at, exit_layers, first_accepted_layer, oracle_exit_layers,
                                          scheduled_decisions, stable_labels)
@@ -60,3 +61,17 @@ def test_stable_labels_start_at_the_oracle():
     top1 = np.array([[5, 7, 7, 7], [7, 5, 7, 9]])
     assert oracle_exit_layers(top1).tolist() == [2, 4]
     assert stable_labels(top1).tolist() == [[0, 1, 1, 1], [0, 0, 0, 1]]
+
+
+def test_the_cheapest_first_check_weighs_checks_against_layers():
+    from adainfer.policies.decisions import cheapest_first_check
+    exits = np.array([3, 3, 4, 8, 8, 8])
+    assert cheapest_first_check(exits, 8, check_cost=0.0) == 1  # free checks: check from the start
+    assert cheapest_first_check(exits, 8, check_cost=0.001) == 3  # nearly free: from the earliest stable layer
+    assert cheapest_first_check(exits, 8, check_cost=5.0) == 7  # dear checks: as late as exiting can still help
+    # By hand for f = 3 with checks of 1 layer: stops 3,3,4,8,8,8 -> layers 34/6, reads 1,1,2,6,6,6 -> 22/6.
+    costs = {f: np.mean(np.maximum(exits, f) + (np.maximum(exits, f) - f + 1)) for f in range(1, 8)}
+    assert costs[3] == pytest.approx((34 + 22) / 6)
+    assert cheapest_first_check(exits, 8, check_cost=1.0) == min(costs, key=costs.get)
+    with pytest.raises(ValueError):
+        cheapest_first_check(np.array([]), 8, 1.0)

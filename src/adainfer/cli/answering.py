@@ -15,49 +15,70 @@ from rich.progress import Progress
 
 from adainfer.cli.common import (CacheOption, ModelOption, check_prompts, clean_errors, err, open_model,
                                  policy_candidates)
-from adainfer.data.tasks import read_prompts_jsonl
+from adainfer.data.tasks import LabelledPrompt, read_inputs_jsonl, read_prompts_jsonl
+from adainfer.engine.model import EarlyExitModel
+from adainfer.fit.card import CARD_JSON, ClassifierCard
+from adainfer.fit.classifier import load_classifier
+from adainfer.inference.dense import dense_answers
 from adainfer.inference.generate import MODES, generate
-from adainfer.inference.predict import predict as predict_one
+from adainfer.inference.predict import ExitResult, predict_batch
 from adainfer.inference.stream import GeneratedToken
 from adainfer.policies.io import load_policy
 
 
 @clean_errors
 def predict(
-    prompts_file: Annotated[Path, typer.Argument(help="JSONL of {prompt} (an `answer` key, if present, is scored).")],
-    policy_dir: Annotated[Path, typer.Option("--policy", "-p", help="Directory written by `adainfer train`.")],
+    inputs_file: Annotated[Path, typer.Argument(help="JSONL of {input} lines (raw inputs; an `output` is scored) for a classifier from `adainfer fit`, or of {prompt} lines (an `answer` is scored) for a policy from `train`/`calibrate`.")],
+    policy_dir: Annotated[Path, typer.Option("--policy", "-p", help="Directory written by `adainfer fit`, `train` or `calibrate`.")],
     out: Annotated[Path | None, typer.Option("--out", "-o", help="Results JSONL. Default: stdout.")] = None,
-    choices: Annotated[str | None, typer.Option(help="Comma-separated closed answer set (e.g. negative,positive), for policies on cand_* features.")] = None,
+    batch_size: Annotated[int, typer.Option(help="Prompts per batch; rows leave a batch at their own exit layer.")] = 16,
+    choices: Annotated[str | None, typer.Option(help="Comma-separated closed answer set (e.g. negative,positive), for policies on cand_* features; a classifier's is on its card.")] = None,
     model: ModelOption = None,
     cache_dir: CacheOption = None,
 ) -> None:
-    """Answer each prompt with early exit: answer, exit layer, FLOPs ratios (paper's and with check cost)."""
-    if out is not None and out.exists() and prompts_file.exists() and out.resolve() == prompts_file.resolve():
-        raise ValueError(f"--out {out} is the prompts file itself; choose another output file")
-    items = read_prompts_jsonl(prompts_file, require_answer=False)
-    if not items:
-        raise ValueError(f"{prompts_file} holds no prompts: nothing to predict")
+    """Answer each input with early exit; with gold answers, the summary compares with the dense model."""
+    if out is not None and out.exists() and inputs_file.exists() and out.resolve() == inputs_file.resolve():
+        raise ValueError(f"--out {out} is the inputs file itself; choose another output file")
+    if batch_size < 1:
+        raise ValueError(f"--batch-size must be at least 1, got {batch_size}")
+    classifier = (policy_dir / CARD_JSON).is_file()
+    if classifier and choices:
+        raise ValueError(f"{policy_dir} is a classifier from `adainfer fit`: its answer set is on its card; drop --choices")
+    rows = ([(example.input, example.output) for example in read_inputs_jsonl(inputs_file)] if classifier
+            else [(item.prompt, item.answer) for item in read_prompts_jsonl(inputs_file, require_answer=False)])
+    if not rows:
+        raise ValueError(f"{inputs_file} holds no {'inputs' if classifier else 'prompts'}: nothing to predict")
     if out is not None:
         out.parent.mkdir(parents=True, exist_ok=True)
     exit_model = open_model(model, cache_dir)
-    policy = load_policy(policy_dir, expected_identity=exit_model.identity())
-    candidates = policy_candidates(exit_model, policy, choices)
-    check_prompts(exit_model, items, prompts_file)
+    if classifier:
+        policy, card = load_classifier(policy_dir, exit_model)
+        candidates, prompts = card.answer_token_ids, [card.prompt(text) for text, _ in rows]
+    else:
+        policy = load_policy(policy_dir, expected_identity=exit_model.identity())
+        card, candidates, prompts = None, policy_candidates(exit_model, policy, choices), [text for text, _ in rows]
+    items = [LabelledPrompt(prompt, gold) for prompt, (_, gold) in zip(prompts, rows)]
+    check_prompts(exit_model, items, inputs_file)
+    scored = any(item.answer for item in items)
     # Results go to stdout as they come, or to a temporary file that replaces --out only once every
-    # prompt is answered: a failure leaves an existing --out as it was.
+    # input is answered: a failure leaves an existing --out as it was.
     sink = tempfile.NamedTemporaryFile("w", encoding="utf-8", dir=out.parent, prefix=f".{out.name}.", suffix=".tmp",
                                        delete=False) if out else sys.stdout
     records = []
     try:
         with Progress(console=err, transient=out is None) as progress:
-            for item in progress.track(items, description="predicting"):
-                record = {"prompt": item.prompt, **predict_one(exit_model, item.prompt, policy, candidates).to_dict()}
-                if item.answer:
-                    record["gold"] = item.answer
-                    record["correct"] = record["answer_token_id"] == exit_model.answer_token(item.prompt, item.answer)
-                records.append(record)
-                sink.write(json.dumps(record) + "\n")
+            bar = progress.add_task("predicting", total=len(items))
+            for start in range(0, len(items), batch_size):
+                batch = items[start:start + batch_size]
+                results = predict_batch(exit_model, [item.prompt for item in batch], policy, candidates)
+                dense = dense_answers(exit_model, [item.prompt for item in batch], candidates) if scored else None
+                for offset, (item, result) in enumerate(zip(batch, results)):
+                    record = _record(exit_model, rows[start + offset][0], item, result, card,
+                                     None if dense is None else dense[offset])
+                    records.append(record)
+                    sink.write(json.dumps(record) + "\n")
                 sink.flush()
+                progress.advance(bar, len(batch))
         if out:
             os.fsync(sink.fileno())
             sink.close()
@@ -66,14 +87,39 @@ def predict(
         if out:
             sink.close()
             Path(sink.name).unlink(missing_ok=True)
-    summary = {"prompts": len(records)}
-    means = {"exit_layer": "mean_exit_layer", "paper_flops_ratio": "mean_paper_flops_ratio",
-             "honest_flops_ratio": "mean_honest_flops_ratio", "correct": "accuracy"}
-    for key, name in means.items():
-        if records and all(key in record for record in records):
-            summary[name] = round(float(np.mean([record[key] for record in records])), 4)
-    err.print(json.dumps(summary), highlight=False, soft_wrap=True)
+    err.print(json.dumps(_summary(records)), highlight=False, soft_wrap=True)
 
+
+def _record(model: EarlyExitModel, given: str, item: LabelledPrompt, result: ExitResult, card: ClassifierCard | None,
+            dense_token: int | None) -> dict:
+    """One output line: the input (raw, or the prompt), the answer and its costs, and, with a gold
+    answer, whether the early exit and the dense model got it right."""
+    record = {"input": given} if card else {"prompt": given}
+    if card:
+        record["label"] = card.answer_label(result.answer_token_id, result.answer_text)
+    record.update(result.to_dict())
+    if item.answer:
+        gold = model.answer_token(item.prompt, item.answer)
+        record.update({"gold": item.answer, "correct": result.answer_token_id == gold,
+                       "dense_correct": dense_token == gold, "agrees_with_dense": result.answer_token_id == dense_token})
+    return record
+
+
+def _summary(records: list[dict]) -> dict:
+    """Means over the answers; over those with a gold answer, early-exit and dense accuracy and agreement."""
+    def mean(values: list) -> float:
+        return round(float(np.mean(values)), 4)
+
+    summary: dict[str, object] = {"prompts": len(records), "mean_exit_layer": mean([r["exit_layer"] for r in records]),
+                                  "layers_saved": mean([1 - r["exit_layer"] / r["num_layers"] for r in records]),
+                                  "mean_paper_flops_ratio": mean([r["paper_flops_ratio"] for r in records]),
+                                  "mean_honest_flops_ratio": mean([r["honest_flops_ratio"] for r in records])}
+    scored = [record for record in records if "correct" in record]
+    if scored:
+        summary.update({"scored": len(scored), "accuracy": mean([r["correct"] for r in scored]),
+                        "dense_accuracy": mean([r["dense_correct"] for r in scored]),
+                        "agreement_with_dense": mean([r["agrees_with_dense"] for r in scored])})
+    return summary
 
 
 def _show(token: GeneratedToken) -> None:

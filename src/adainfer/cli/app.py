@@ -16,7 +16,7 @@ from typer import rich_utils
 from typer._click.exceptions import ClickException, NoArgsIsHelpError
 from typer.core import TyperGroup
 
-from adainfer.cli import answering, experiments, model_info, training
+from adainfer.cli import answering, experiments, fitting, model_info, training
 from adainfer.cli.common import err
 
 
@@ -49,6 +49,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 
+app.command()(fitting.fit)
 app.command()(model_info.info)
 app.command()(model_info.profile)
 app.command()(experiments.prompts)

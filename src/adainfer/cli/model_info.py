@@ -13,7 +13,10 @@ from rich.table import Table
 
 from adainfer.cli.common import CacheOption, ModelOption, clean_errors, err, open_model
 from adainfer.engine.cost_profile import measure_cost_profile
+from adainfer.engine.files import write_text_atomic
 from adainfer.engine.loading import cache_root
+from adainfer.fit.payoff import measure_payoff
+from adainfer.fit.pipeline import task_source
 
 
 @clean_errors
@@ -41,10 +44,17 @@ def profile(
     seq_lens: Annotated[str, typer.Option(help="Comma-separated prompt lengths in tokens.")] = "64,128,256,512",
     repeats: Annotated[int, typer.Option(help="Timed runs of each part; the median is kept.")] = 5,
     out: Annotated[Path | None, typer.Option("--out", "-o", help="JSON file for the profile (`CostProfile.load` reads it).")] = None,
+    task: Annotated[str | None, typer.Option(help="A built-in task or .jsonl file: will early exit pay on it? (times at its prompt length, the stable-answer oracle on a sample, the best reachable speedup, a verdict)")] = None,
+    shots: Annotated[int, typer.Option(help="With --task: fixed demonstrations per prompt, as `adainfer fit` builds them.")] = 5,
+    sample: Annotated[int, typer.Option(help="With --task: prompts whose oracle exit is measured.")] = 32,
+    data_dir: Annotated[Path | None, typer.Option(help="Datasets folder. Default: $ADAINFER_DATA or ../shared/data.")] = None,
     model: ModelOption = None,
     cache_dir: CacheOption = None,
 ) -> None:
-    """Time one decoder layer, one lens check (full vocabulary and candidate rows) and the dense forward, per prompt length."""
+    """Time one decoder layer, one lens check (full vocabulary and candidate rows) and the dense forward, per prompt
+    length; with --task, say whether early exit can pay on it."""
+    if task is not None:
+        return _task_payoff(task, shots, sample, repeats, out, data_dir, model, cache_dir)
     try:
         lengths = [int(part) for part in seq_lens.split(",") if part.strip()]
     except ValueError:
@@ -68,4 +78,24 @@ def profile(
     Console().print(table)
     if out:
         measured.save(out)
+        err.print(f"wrote {out}")
+
+
+def _task_payoff(task: str, shots: int, sample: int, repeats: int, out: Path | None, data_dir: Path | None,
+                 model: str | None, cache_dir: Path | None) -> None:
+    """`adainfer profile --task`: the measured parts, the oracle and the verdict, as JSON on stdout."""
+    if sample < 1 or repeats < 1:
+        raise ValueError(f"--sample and --repeats must be at least 1, got {sample} and {repeats}")
+    source = task_source(task, data_dir)
+    exit_model = open_model(model, cache_dir)
+    with Progress(console=err, transient=True) as progress:
+        bar = progress.add_task("oracle exits", total=sample)
+        payoff = measure_payoff(exit_model, source.name, source.train_pool, source.eval_pool, source.choices, shots,
+                                sample, repeats=repeats, on_prompt=lambda done, total: progress.update(
+                                    bar, completed=done, total=total))
+    text = json.dumps(payoff.to_dict(), indent=2)
+    typer.echo(text)
+    err.print(payoff.verdict, highlight=False, soft_wrap=True)
+    if out:
+        write_text_atomic(out, text + "\n")
         err.print(f"wrote {out}")

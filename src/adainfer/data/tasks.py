@@ -351,3 +351,10 @@ def read_prompts_jsonl(path: Path, require_answer: bool = True) -> list[Labelled
     keys, optional = (("prompt", "answer"), ()) if require_answer else (("prompt",), ("answer",))
     return [LabelledPrompt(record["prompt"], record["answer"])
             for record in _read_jsonl(path, keys, PromptFileError, "prompt", optional)]
+
+
+def read_inputs_jsonl(path: Path) -> list[Example]:
+    """Raw inputs for a fitted classifier: ``{"input": ...}`` per line, with an optional gold
+    ``"output"`` (read as ``""`` when absent). Raises ``TaskFileError`` naming a bad line."""
+    return [Example(record["input"], record["output"])
+            for record in _read_jsonl(path, ("input",), TaskFileError, "input", optional=("output",))]

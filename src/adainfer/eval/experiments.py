@@ -20,7 +20,7 @@ from adainfer.eval.collect import Collection
 from adainfer.eval.harness import SettingData
 from adainfer.eval.replay import evaluate_policy, fit_on, replay_exits
 from adainfer.policies.base import StopPolicy
-from adainfer.policies.calibrated import CalibratedPolicy, exits_at, learn_then_test
+from adainfer.policies.calibrated import CalibratedPolicy, resplit_exits
 from adainfer.policies.crf import CRFPolicy
 from adainfer.policies.decisions import oracle_exit_layers
 from adainfer.policies.gap import GapThresholdPolicy
@@ -225,17 +225,12 @@ def calibration_rows(data: SettingData, epsilon: float, delta: float, splits: in
     """
     policy = fit_on(CalibratedPolicy(tuple(features)), data.train)
     scores = policy.margins(data.eval.select(features))
-    rng = np.random.default_rng(seed)
     risks, saved, finite, exited, accuracy_changes = [], [], [], [], []
     layers = data.eval.top1.shape[1]
     oracle_saved = 1 - oracle_exit_layers(data.eval.top1).mean() / layers
     calibration_prompts = len(data.eval) // 2
-    for _ in range(splits):
-        order = rng.permutation(len(data.eval))
-        calibration, test = order[:calibration_prompts], order[calibration_prompts:]
-        certificate = learn_then_test(scores[calibration], data.eval.top1[calibration], epsilon, delta,
-                                      policy.threshold_grid_, policy.first_check)
-        exits = exits_at(scores[test], certificate.threshold, policy.first_check)
+    for test, certificate, exits in resplit_exits(scores, data.eval.top1, calibration_prompts, epsilon, delta,
+                                                  policy.threshold_grid_, policy.first_check, splits, seed):
         replayed = replay_exits(exits, data.eval.subset(test))
         risks.append(float(replayed.changed.mean()))
         accuracy_changes.append(float(replayed.correct.mean() - replayed.dense_correct.mean()))

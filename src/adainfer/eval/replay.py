@@ -92,11 +92,11 @@ def training_labels(policy: StopPolicy, collection: Collection) -> np.ndarray:
     one matches gold about 1/|C| of the time at any layer, junk layers included, so the paper's
     label teaches it to exit at once (SST-2: layer 1, -12.5 points on Gemma 3 270M). It learns
     instead when the best candidate will not change any more (`stable_labels` of `cand_top1`).
-    A `label_free` policy (the calibrated SVM) learns when the model's own top-1 will not change
-    any more (`stable_labels` of `top1`), whatever its features.
+    A `label_free` policy (the calibrated SVM) learns when the model's own answer will not change
+    any more: `stable_labels` of `top1`, or of `cand_top1` when it reads the candidates only.
     """
-    if policy.label_free:
-        return stable_labels(collection.top1)
+    if policy.label_free:  # the model's own answer: the best candidate when only candidates are read
+        return stable_labels(collection.cand_top1 if reads_candidates_only(policy, collection) else collection.top1)
     if reads_candidates_only(policy, collection):
         return stable_labels(collection.cand_top1)
     return collection.labels

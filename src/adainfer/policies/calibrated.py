@@ -24,7 +24,7 @@ prompt may exit; it must be below the last layer, where exiting saves nothing.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -116,6 +116,24 @@ def exits_at(scores: np.ndarray, threshold: float, first_check: int = 1) -> np.n
     decisions = scores > threshold
     decisions[:, : first_check - 1] = False
     return exit_layers(decisions)
+
+
+def resplit_exits(scores: np.ndarray, reference: np.ndarray, calibration_prompts: int, epsilon: float, delta: float,
+                  grid: np.ndarray, first_check: int, splits: int, seed: int = 0
+                  ) -> Iterator[tuple[np.ndarray, RiskCertificate, np.ndarray]]:
+    """The check of the guarantee over random splits: per split, (test indices, certificate, test exits).
+
+    `scores` and `reference` (prompts, layers) are the scorer's margins and the reference answers
+    (the model's own per layer) of a pool of held-out prompts. Each split draws a permutation,
+    calibrates the threshold on its first `calibration_prompts` with Learn then Test over the fixed
+    `grid`, and exits the others (the test prompts) at that threshold.
+    """
+    rng = np.random.default_rng(seed)
+    for _ in range(splits):
+        order = rng.permutation(len(scores))
+        calibration, test = order[:calibration_prompts], order[calibration_prompts:]
+        certificate = learn_then_test(scores[calibration], reference[calibration], epsilon, delta, grid, first_check)
+        yield test, certificate, exits_at(scores[test], certificate.threshold, first_check)
 
 
 def _changed(scores: np.ndarray, top1: np.ndarray, threshold: float, first_check: int) -> np.ndarray:

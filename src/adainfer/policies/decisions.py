@@ -68,3 +68,24 @@ def first_accepted_layer(decisions: np.ndarray) -> int:
     """
     accepted = decisions[:, :-1].astype(bool)
     return int(accepted.any(axis=0).argmax()) + 1 if accepted.any() else decisions.shape[1] + 1
+
+
+def cheapest_first_check(stable_exits: np.ndarray, num_layers: int, check_cost: float) -> int:
+    """The check schedule that would cost least if each prompt exited at its stable layer.
+
+    `stable_exits` (prompts,) are the oracle's exit layers on TRAINING traces, `check_cost` the
+    time of one lens read in units of one layer's time (measured: a full-vocabulary check is
+    several layers on a CPU, a candidate check a thousandth of one). A prompt exits at
+    max(its stable layer, f) and pays one read per layer from f on, so the cost of first check f is
+    mean(max(e, f) + check_cost * (max(e, f) - f + 1)); the cheapest f in 1..num_layers - 1 is
+    returned (the smallest on ties). Fixed before any calibration prompt is seen, as Learn then
+    Test needs.
+    """
+    exits = np.asarray(stable_exits, dtype=np.float64)
+    if exits.ndim != 1 or len(exits) == 0 or num_layers < 2 or not check_cost >= 0:
+        raise ValueError(f"need stable exits (prompts,), num_layers >= 2 and check_cost >= 0; got {exits.shape}, "
+                         f"{num_layers}, {check_cost}")
+    candidates = np.arange(1, num_layers)
+    stops = np.maximum(exits[None, :], candidates[:, None])
+    costs = (stops + check_cost * (stops - candidates[:, None] + 1)).mean(axis=1)
+    return int(candidates[np.argmin(costs)])

@@ -26,6 +26,8 @@ POLICY_KINDS: dict[str, type[StopPolicy]] = {
 # The files besides config.json each kind saves; config.json must hold the sha256 of each.
 POLICY_PARTS: dict[str, tuple[str, ...]] = {"svm": ("svm.skops",), "calibrated-svm": ("svm.skops",),
                                             "crf": ("crf.npz",), "gap": ()}
+# Parts any kind may carry besides its own: a fitted classifier's card (`adainfer.fit.card`).
+OPTIONAL_PARTS: tuple[str, ...] = ("card.json", "card.md")
 
 
 def _read_config(directory: Path) -> dict:
@@ -88,10 +90,12 @@ def _check_fields(config: dict) -> None:
 def _check_parts(directory: Path, config: dict) -> None:
     """Each part the kind reads is listed in config.json and has the recorded sha256."""
     expected = POLICY_PARTS[config["kind"]]
-    if sorted(config["parts"]) != sorted(expected):
+    optional = [name for name in config["parts"] if name in OPTIONAL_PARTS]
+    if sorted(set(config["parts"]) - set(optional)) != sorted(expected):
         raise PolicyFileError(f"{directory / CONFIG_NAME}: parts {sorted(config['parts'])} should be "
-                              f"{list(expected)} for a {config['kind']} policy")
-    for name in expected:
+                              f"{list(expected)} (and optionally {', '.join(OPTIONAL_PARTS)}) for a "
+                              f"{config['kind']} policy")
+    for name in (*expected, *optional):
         path = directory / name
         if not path.is_file():
             raise PolicyFileError(f"missing {path}")

@@ -31,6 +31,8 @@ from adainfer.engine.loading import LoadedModel
 from adainfer.engine.model import EarlyExitModel
 
 VOCAB = 97
+SPACED_VOCAB = VOCAB + 94
+SPACED_CONTEXT = 2048
 _COMMON = dict(vocab_size=VOCAB, hidden_size=32, intermediate_size=64, num_hidden_layers=4,
                num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128)
 
@@ -50,11 +52,17 @@ TINY_CONFIGS = {
 }
 
 
-def tiny_model(family: str, seed: int = 0) -> PreTrainedModel:
-    """A random fp32 model in eval mode; the scale of its weights is raised so logits are not flat."""
+def tiny_model(family: str, seed: int = 0, vocab_size: int = VOCAB, context: int | None = None) -> PreTrainedModel:
+    """A random fp32 model in eval mode; the scale of its weights is raised so logits are not flat.
+
+    `context` raises the maximum positions (of the families that have the setting) above 128.
+    """
     torch.manual_seed(seed)
     config = TINY_CONFIGS[family]()
     config.initializer_range = 0.2
+    config.vocab_size = vocab_size
+    if context is not None:
+        config.max_position_embeddings = context
     return AutoModelForCausalLM.from_config(config, dtype=torch.float32).eval()
 
 
@@ -66,6 +74,33 @@ def char_tokenizer() -> PreTrainedTokenizerFast:
     core.pre_tokenizer = pre_tokenizers.Split(Regex(r"[\s\S]"), behavior="isolated")
     core.decoder = decoders.Fuse()
     return PreTrainedTokenizerFast(tokenizer_object=core, unk_token="<unk>")
+
+
+def spaced_char_tokenizer() -> PreTrainedTokenizerFast:
+    """`char_tokenizer` plus one token per space-then-character (" y", " n"): answers after ``A:``
+    then start with distinct tokens, as real tokenizers' words do, so closed answer sets work."""
+    symbols = ["<unk>", *string.printable[:95], "\n", *(" " + c for c in string.printable[:95] if c != " ")]
+    assert len(symbols) == SPACED_VOCAB
+    core = Tokenizer(models.WordLevel({symbol: i for i, symbol in enumerate(symbols)}, unk_token="<unk>"))
+    core.pre_tokenizer = pre_tokenizers.Split(Regex(r" [^\s]|[\s\S]"), behavior="isolated")
+    core.decoder = decoders.Fuse()
+    return PreTrainedTokenizerFast(tokenizer_object=core, unk_token="<unk>")
+
+
+def tiny_spaced_exit_model(family: str, seed: int = 0) -> EarlyExitModel:
+    """A tiny model with `spaced_char_tokenizer` and a context of `SPACED_CONTEXT` characters, for
+    tasks with a closed answer set and few-shot prompts of real datasets."""
+    loaded = LoadedModel(model=tiny_model(family, seed, SPACED_VOCAB, SPACED_CONTEXT), tokenizer=spaced_char_tokenizer(),
+                         name=f"tiny-spaced-{family}", source="memory", cache_path=None, load_seconds=0.0,
+                         converted_now=False)
+    return EarlyExitModel(loaded)
+
+
+def save_tiny_spaced_model(family: str, directory: Path, seed: int = 0) -> Path:
+    """Write a tiny model with `spaced_char_tokenizer` as a Hugging Face model directory."""
+    tiny_model(family, seed, SPACED_VOCAB, SPACED_CONTEXT).save_pretrained(directory)
+    spaced_char_tokenizer().save_pretrained(directory)
+    return directory
 
 
 def tiny_exit_model(family: str, seed: int = 0) -> EarlyExitModel:

@@ -1,0 +1,93 @@
+"""`fit_classifier` end to end on a tiny model: the certificate, the figures, the card, the cache."""
+
+import json
+
+import numpy as np
+import pytest
+
+from adainfer.engine.model import EarlyExitModel
+from adainfer.eval.collect import load_collection
+from adainfer.fit.classifier import classify, load_classifier
+from adainfer.fit.pipeline import (FitError, FitOptions, examples_source, fit_classifier,
+                                   minimum_calibration_prompts, task_source)
+from adainfer.fit.splits import SplitSizes
+from adainfer.inference.predict import predict_batch
+from adainfer.policies.calibrated import binomial_p_value
+from fit_data import parity_examples
+
+OPTIONS = FitOptions(shots=2, sizes=SplitSizes(40, 80, 40), timing_prompts=8, batch_sizes=(1, 4), resplits=20)
+
+
+@pytest.fixture(scope="module")
+def model(tiny_spaced_dir):
+    return EarlyExitModel.from_pretrained(str(tiny_spaced_dir))
+
+
+@pytest.fixture(scope="module")
+def fitted(model, tmp_path_factory):
+    cache = tmp_path_factory.mktemp("fit-cache")
+    return fit_classifier(model, examples_source("parity", parity_examples()), OPTIONS, cache, "tiny", "cmd"), cache
+
+
+def test_the_certificate_is_learn_then_test_on_the_calibration_split(fitted):
+    card = fitted[0].card
+    cert = card.certificate
+    assert cert["calibration_prompts"] == card.split_sizes["calibration"] == 80
+    if cert["threshold"] is not None:  # the p-value of the changed answers it saw
+        changed = round(cert["empirical_risk"] * 80)
+        assert cert["p_value"] == pytest.approx(binomial_p_value(changed, 80, 0.05)) and cert["p_value"] <= 0.05
+    assert card.answer_set == ["even", "odd"] and card.features[:2] == ["cand_gap", "cand_top_prob"]
+
+
+def test_the_card_holds_replayed_test_figures_and_live_speed_at_each_batch_size(fitted):
+    card = fitted[0].card
+    test = card.test
+    assert test["prompts"] == 40 and 0 <= test["layers_saved"] < 1
+    assert test["agreement_with_dense"] == pytest.approx(1 - (1 - test["agreement_with_dense"]))
+    assert [figure["batch_size"] for figure in card.speed] == [1, 4]
+    assert all(figure["prompts"] == 8 and figure["speedup"] > 0 for figure in card.speed)
+    assert test["live_exit_layers_equal_replay"] == 1.0
+    assert card.resplit_check["splits"] == 20 and card.resplit_check["prompts"] == 120
+
+
+def test_saved_classifier_answers_raw_inputs_as_predict_batch_answers_its_prompts(fitted, model, tmp_path):
+    directory = fitted[0].save(tmp_path / "classifier")
+    policy, card = load_classifier(directory, model)
+    texts = [e.input for e in parity_examples(12, seed=5)]
+    answers = classify(model, policy, card, texts, batch_size=5)
+    direct = predict_batch(model, [card.prompt(t) for t in texts], policy, card.answer_token_ids)
+    assert [a.exit_layer for a in answers] == [r.exit_layer for r in direct]
+    assert [a.label for a in answers] == [card.answer_set[card.answer_token_ids.index(r.answer_token_id)]
+                                          for r in direct]
+    assert json.loads((directory / "card.json").read_text())["demonstrations"] == card.demonstrations
+
+
+def test_a_rerun_resumes_from_the_cached_traces(fitted, model):
+    first, cache = fitted
+    rows = sorted(cache.rglob("*.jsonl"))
+    before = {path: path.read_bytes() for path in rows}
+    again = fit_classifier(model, examples_source("parity", parity_examples()), OPTIONS, cache, "tiny", "cmd")
+    assert {path: path.read_bytes() for path in rows} == before
+    assert again.card.certificate == first.card.certificate and again.card.test["accuracy"] == first.card.test["accuracy"]
+    test_rows = next(path for path in rows if path.name == "test.jsonl")
+    assert len(load_collection(test_rows)) == 40
+
+
+def test_too_few_calibration_prompts_for_epsilon_is_refused_before_any_trace(model, tmp_path):
+    assert minimum_calibration_prompts(0.05, 0.05) == 59
+    assert (1 - 0.05) ** 59 <= 0.05 < (1 - 0.05) ** 58
+    options = FitOptions(shots=2, sizes=SplitSizes(40, 30, 40))
+    with pytest.raises(FitError, match="at least 59 are needed"):
+        fit_classifier(model, examples_source("parity", parity_examples()), options, tmp_path)
+    assert not any(tmp_path.iterdir())
+    for bad in (0.0, 1.0, -0.1, float("nan")):
+        with pytest.raises(FitError, match="in \\(0, 1\\)"):
+            FitOptions(epsilon=bad)
+
+
+@pytest.mark.parametrize("task, letters", [("mmlu", ["A", "B", "C", "D"]), ("commonsense_qa", ["A", "B", "C", "D", "E"])])
+def test_multiple_choice_tasks_fit_with_their_letters_as_the_answer_set(model, tmp_path, task, letters):
+    options = FitOptions(shots=1, epsilon=0.2, delta=0.2, sizes=SplitSizes(12, 16, 8), timing_prompts=0, resplits=5)
+    fitted = fit_classifier(model, task_source(task), options, tmp_path)
+    assert fitted.card.answer_set == letters
+    assert fitted.card.test["prompts"] == 8 and np.isfinite(fitted.card.test["accuracy"])
