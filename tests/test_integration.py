@@ -70,3 +70,20 @@ def test_candidate_lens_agrees_with_the_full_lens_and_a_harness_setting_collects
     assert cheap.honest_flops_ratio < 1.0  # |C| = 2 head rows per check instead of 262,144
     data = collect_setting(gemma, Setting("sst2", shots=1), tmp_path, 2, 2)
     assert data.eval.candidate_ids == tuple(candidates) and data.eval.top1.shape == (2, 18)
+
+
+def test_fit_gives_a_certified_sst2_classifier_that_answers_raw_inputs(gemma, tmp_path):
+    from adainfer.fit.classifier import classify, load_classifier
+    from adainfer.fit.pipeline import FitOptions, fit_classifier, task_source
+    from adainfer.fit.splits import SplitSizes
+
+    options = FitOptions(shots=2, epsilon=0.1, delta=0.1, sizes=SplitSizes(12, 30, 12), timing_prompts=4,
+                         batch_sizes=(4,), resplits=10)
+    fitted = fit_classifier(gemma, task_source("sst2"), options, tmp_path / "runs", "gemma3-270m")
+    card = fitted.card
+    assert card.answer_set == ["negative", "positive"] and card.split_sizes == {"train": 12, "calibration": 30,
+                                                                                "test": 12}
+    assert card.cost_profile["check_cost_in_layers"] < 0.1  # a two-row check costs next to no layer
+    policy, loaded = load_classifier(fitted.save(tmp_path / "clf"), gemma)
+    answers = classify(gemma, policy, loaded, ["a gorgeous, witty movie", "dull and lifeless"], batch_size=2)
+    assert all(answer.label in ("negative", "positive") for answer in answers)

@@ -91,3 +91,19 @@ def test_multiple_choice_tasks_fit_with_their_letters_as_the_answer_set(model, t
     fitted = fit_classifier(model, task_source(task), options, tmp_path)
     assert fitted.card.answer_set == letters
     assert fitted.card.test["prompts"] == 8 and np.isfinite(fitted.card.test["accuracy"])
+
+
+def test_an_open_vocabulary_task_reads_the_full_lens_under_a_learned_schedule(model, tmp_path):
+    from adainfer.data.tasks import Example
+    examples = [Example(f"item {i} of {w}", f"{w}{i}") for i, w in enumerate(("alpha", "beta", "gamma", "delta") * 60)]
+    options = FitOptions(shots=1, epsilon=0.2, delta=0.2, sizes=SplitSizes(30, 40, 20), timing_prompts=4,
+                         batch_sizes=(2,), resplits=5)
+    fitted = fit_classifier(model, examples_source("open", examples), options, tmp_path)
+    card = fitted.card
+    assert card.answer_set is None and card.features == ["gap", "top_prob", "agree_prev", "depth"]
+    assert 1 <= card.first_check < model.num_layers and fitted.policy.first_check_ == card.first_check
+    assert card.cost_profile["check_cost_in_layers"] > 0
+    directory = fitted.save(tmp_path / "open-classifier")
+    policy, loaded = load_classifier(directory, model)
+    answer = classify(model, policy, loaded, ["item 999 of alpha"])[0]
+    assert answer.label == model.decode_token(answer.answer_token_id).strip()

@@ -1,0 +1,84 @@
+"""The cards of fitted classifiers (`adainfer fit`, examples/fit_tables.sh) gathered in one table,
+against the targets of the issue that asked for `fit`:
+
+- test disagreement with the dense answers <= epsilon;
+- over the re-split check's random calibration/test splits, the fraction within epsilon >= 0.95;
+- measured wall-clock speedup against the model's forward at batch 16 (>= 1.4x SST-2 on Qwen,
+  >= 1.2x on Gemma), and at batch 1.
+
+Every figure is read from a card (each card records the command that measured it), so the table
+regenerates byte for byte from the committed cards.
+
+Usage: python benchmarks/fit_targets.py results/fit --out benchmarks/results/fit_targets
+(writes fit_targets.json and fit_targets.md).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+
+from adainfer.engine.files import write_text_atomic  # noqa: E402
+from adainfer.fit.card import read_card  # noqa: E402
+
+
+def row(directory: Path) -> dict:
+    card = read_card(directory)
+    test, speed = card.test, {figure["batch_size"]: figure for figure in card.speed}
+    disagreement = round(1 - test["agreement_with_dense"], 4)
+    return {
+        "classifier": directory.name, "model": card.model, "task": card.task, "shots": card.shots,
+        "answer_set": len(card.answer_set) if card.answer_set else None, **card.split_sizes,
+        "epsilon": card.epsilon, "delta": card.delta, "certified": card.certificate["threshold"] is not None,
+        "dense_accuracy": test["dense_accuracy"], "accuracy": test["accuracy"],
+        "test_disagreement": disagreement, "within_epsilon": disagreement <= card.epsilon,
+        "layers_saved": test["layers_saved"], "honest_flops_ratio": test["honest_flops_ratio"],
+        "resplit_fraction_within_epsilon": card.resplit_check.get("fraction_within_epsilon"),
+        "resplits": card.resplit_check.get("splits"),
+        "speedup_batch_1": speed.get(1, {}).get("speedup"), "speedup_batch_16": speed.get(16, {}).get("speedup"),
+        "timed_prompts": speed.get(16, speed.get(1, {})).get("prompts"),
+        "torch_threads": speed.get(16, speed.get(1, {})).get("torch_threads"), "command": card.command,
+    }
+
+
+def markdown(rows: list[dict], command: str) -> str:
+    def cell(value: object) -> str:
+        if value is None:
+            return "–"
+        if isinstance(value, bool):
+            return "yes" if value else "no"
+        return f"{value:.3f}" if isinstance(value, float) else str(value)
+
+    columns = ("model", "task", "answer_set", "train", "calibration", "test", "epsilon", "dense_accuracy",
+               "accuracy", "test_disagreement", "within_epsilon", "resplit_fraction_within_epsilon", "layers_saved",
+               "honest_flops_ratio", "speedup_batch_1", "speedup_batch_16", "torch_threads")
+    lines = [f"Command: `{command}`", "", "Each row is one classifier's card (results/fit/<name>/card.md has the command "
+             "that measured it). Disagreement and accuracy are on the test split; the re-split column is the fraction "
+             "of random calibration/test splits whose test disagreement stays within epsilon; speedups are measured "
+             "wall-clock against the model's own forward on the first test prompts.", "",
+             "| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(cell(r[c]) for c in columns) + " |" for r in rows]
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("folder", type=Path, help="a folder of classifier directories, e.g. results/fit")
+    parser.add_argument("--out", type=Path, required=True, help="path prefix of the .json and .md to write")
+    args = parser.parse_args()
+    rows = [row(directory) for directory in sorted(args.folder.iterdir()) if (directory / "card.json").is_file()]
+    if not rows:
+        raise SystemExit(f"error: no classifier (card.json) under {args.folder}")
+    command = shlex.join(["python", "benchmarks/fit_targets.py", *sys.argv[1:]])
+    write_text_atomic(args.out.with_suffix(".json"), json.dumps({"command": command, "rows": rows}, indent=2) + "\n")
+    write_text_atomic(args.out.with_suffix(".md"), markdown(rows, command))
+    print(markdown(rows, command))
+
+
+if __name__ == "__main__":
+    main()
