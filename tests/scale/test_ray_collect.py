@@ -8,6 +8,7 @@ to the last bit.
 
 import json
 import os
+import socket
 
 import pytest
 from typer.testing import CliRunner
@@ -19,7 +20,8 @@ from adainfer.data.tasks import LabelledPrompt  # noqa: E402
 from adainfer.engine.features import CANDIDATE_FEATURES  # noqa: E402
 from adainfer.engine.model import EarlyExitModel  # noqa: E402
 from adainfer.eval.collect import collect, load_collection  # noqa: E402
-from adainfer.scale.collect import PromptTracer, RayRows, actor_resources, connected, default_workers  # noqa: E402
+from adainfer.scale.collect import (PromptTracer, RayRows, actor_resources, check_reachable, connected,  # noqa: E402
+                                    default_workers)
 
 FEATURES = ("gap", "top_prob", "depth", "agree_prev") + CANDIDATE_FEATURES
 CHOICES = ["red", "blue", "green"]
@@ -152,3 +154,15 @@ def test_eval_with_ray_writes_the_same_cache_as_without(tiny_llama_dir, tmp_path
 def test_workers_take_one_gpu_each_when_the_cluster_has_gpus(cluster, resources, workers):
     assert actor_resources(cluster) == resources
     assert default_workers(cluster) == workers
+
+
+def test_an_address_where_nothing_answers_is_refused_at_once_not_retried_for_minutes():
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen()
+        port = server.getsockname()[1]
+        check_reachable(f"127.0.0.1:{port}")
+        check_reachable(f"ray://127.0.0.1:{port}")
+    with pytest.raises(ConnectionError, match=f"no Ray cluster answers at 127.0.0.1:{port}"):
+        check_reachable(f"127.0.0.1:{port}")  # closed now
+    check_reachable("auto")  # Ray's to find

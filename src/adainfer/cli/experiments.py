@@ -79,13 +79,14 @@ def eval_command(
     grid = settings_grid(task_names, parse_ints(shots), seed)
     check_settings(grid, train_limit, limit, data_dir)
     started = time.perf_counter()
-    ray_collect = _ray_collect() if ray else None  # before the model loads: a missing extra fails at once
-    exit_model = open_model(model, cache_dir)
+    ray_collect = _ray_collect() if ray else None
     with contextlib.ExitStack() as stack:
-        row_source = None
-        if ray_collect is not None:
+        if ray_collect is not None:  # before the model loads: a missing extra or a wrong address fails at once
             with err.status("starting Ray" if address is None else f"connecting to Ray at {address}"):
                 stack.enter_context(ray_collect.connected(address, workers))
+        exit_model = open_model(model, cache_dir)
+        row_source = None
+        if ray_collect is not None:
             row_source = ray_collect.RayRows(_worker_source(model), None if cache_dir is None else str(cache_dir.resolve()),
                                              exit_model.identity(), workers)
         collected = _collect_grid(exit_model, grid, runs, train_limit, limit, data_dir, row_source)

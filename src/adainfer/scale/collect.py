@@ -21,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import socket
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 
@@ -50,6 +51,7 @@ def connected(address: str | None = None, workers: int | None = None) -> Iterato
     # Quiet: our own progress bar reports; workers' logs stay in Ray's session folder.
     quiet = {"logging_level": logging.ERROR, "log_to_driver": False}
     if address:
+        check_reachable(address)
         ray.init(address=address, **quiet)
     else:
         ray.init(num_cpus=workers or os.cpu_count(), include_dashboard=False, **quiet)
@@ -57,6 +59,19 @@ def connected(address: str | None = None, workers: int | None = None) -> Iterato
         yield
     finally:
         ray.shutdown()
+
+
+def check_reachable(address: str, timeout_s: float = 10.0) -> None:
+    """Raise ConnectionError (an OSError: one clear line from the CLI) when nothing answers at a
+    ``host:port`` or ``ray://host:port`` address: given a wrong address, `ray.init` retries for
+    many minutes, printing a warning every few seconds. ``auto`` is left to Ray, which fails fast."""
+    host, _, port = address.removeprefix("ray://").rpartition(":")
+    if not host or not port.isdigit():
+        return
+    try:
+        socket.create_connection((host, int(port)), timeout=timeout_s).close()
+    except OSError as error:
+        raise ConnectionError(f"no Ray cluster answers at {address} ({error})") from None
 
 
 def actor_resources(cluster: dict[str, float]) -> dict[str, float]:
