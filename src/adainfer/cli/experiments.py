@@ -20,6 +20,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from adainfer.cli.common import CacheOption, ModelOption, clean_errors, command_line, err, open_model, parse_ints
 from adainfer.data.tasks import TASKS, write_prompts_jsonl
 from adainfer.engine.cost_profile import CostProfile
+from adainfer.engine.loading import EMBEDDED_MODELS
 from adainfer.engine.model import EarlyExitModel
 from adainfer.eval.collect import RowSource
 from adainfer.eval.experiments import model_transfer_rows
@@ -124,8 +125,10 @@ def _ray_collect() -> ModuleType:
 
 def _worker_source(model: str | None) -> str | None:
     """The model as workers load it: a local path made absolute (a worker may start elsewhere),
-    an embedded name or the default as given."""
-    return str(Path(model).resolve()) if model is not None and Path(model).exists() else model
+    an embedded name or the default as given (the loader reads a name before a path)."""
+    if model is None or model in EMBEDDED_MODELS or not Path(model).expanduser().exists():
+        return model
+    return str(Path(model).expanduser().resolve())
 
 
 @clean_errors
