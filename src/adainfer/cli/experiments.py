@@ -7,7 +7,6 @@ model. Relative paths (the defaults included) are relative to the current direct
 from __future__ import annotations
 
 import contextlib
-import importlib
 import json
 import time
 from pathlib import Path
@@ -116,11 +115,12 @@ def _collect_grid(exit_model: EarlyExitModel, grid: list[Setting], runs: Path, t
 def _ray_collect() -> ModuleType:
     """`adainfer.scale.collect`, imported only for --ray: Ray is an optional extra."""
     try:
-        return importlib.import_module("adainfer.scale.collect")
+        import adainfer.scale.collect as ray_collect
     except ModuleNotFoundError as error:
         if (error.name or "").partition(".")[0] != "ray":
             raise
         raise ValueError('--ray needs Ray, an optional extra: pip install -e ".[ray]"') from None
+    return ray_collect
 
 
 def _worker_source(model: str | None) -> str | None:
