@@ -1,6 +1,7 @@
 """`adainfer eval` and `adainfer report` end to end on a tiny model and a user JSONL task."""
 
 import json
+import sys
 
 import pytest
 
@@ -188,3 +189,22 @@ def test_report_refuses_a_cost_profile_of_another_model(evaluated, tmp_path):
     (tmp_path / "bad.json").write_text("{not json")
     assert_clean_error(invoke("report", model_folder, "--out", tmp_path / "out", "--cost-profile",
                               tmp_path / "bad.json"), "not a cost profile")
+
+
+@pytest.mark.parametrize("args, keywords", [
+    (("--workers", 2), ("--address and --workers", "add --ray")),
+    (("--address", "auto"), ("add --ray",)),
+    (("--ray", "--workers", 0), ("--workers must be at least 1",)),
+])
+def test_eval_rejects_ray_options_that_cannot_run_before_loading_anything(task_file, args, keywords):
+    assert_clean_error(invoke("eval", "--tasks", task_file, *args, "--model", "/nonexistent/model"), *keywords)
+
+
+def test_eval_with_ray_but_without_ray_installed_names_the_extra_to_install(task_file, tiny_llama_dir, tmp_path,
+                                                                           monkeypatch):
+    monkeypatch.setitem(sys.modules, "ray", None)  # `import ray` now fails as if it were not installed
+    monkeypatch.delitem(sys.modules, "adainfer.scale.collect", raising=False)
+    result = invoke("eval", "--tasks", task_file, "--shots", "1", "--limit", 2, "--train-limit", 2, "--ray",
+                    "--runs", tmp_path / "runs", "--model", tiny_llama_dir)
+    assert_clean_error(result, "--ray needs Ray", 'pip install -e ".[ray]"')
+    assert not (tmp_path / "runs").exists()

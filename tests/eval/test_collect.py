@@ -8,7 +8,7 @@ from filelock import FileLock
 from adainfer.data.tasks import LabelledPrompt
 from adainfer.engine.files import lock_path
 from adainfer.engine.model import EarlyExitModel
-from adainfer.eval.collect import CollectionFileError, collect, load_collection
+from adainfer.eval.collect import CollectionFileError, collect, load_collection, prompt_rows
 
 FEATURES = ("gap", "top_prob", "depth")
 PROMPTS = [
@@ -103,6 +103,46 @@ def test_interrupted_run_keeps_finished_prompts(model, fresh_file, tmp_path):
     assert load_collection(path).features.shape[0] == 1
     assert collect(model, PROMPTS, path, FEATURES) == 2
     assert path.read_text() == fresh_file.read_text()
+
+
+def _rows_in(order, model, fail_after=None):
+    """A row source that computes here but hands prompts back in `order` (positions into its
+    pending list), as a pool of workers finishing out of order would; raises after `fail_after`."""
+
+    def source(pending, feature_names, candidate_ids):
+        for count, position in enumerate(order):
+            if count == fail_after:
+                raise KeyboardInterrupt
+            index, item = pending[position]
+            yield index, prompt_rows(model, index, item, feature_names, candidate_ids)
+
+    return source
+
+
+def test_rows_arriving_out_of_order_are_written_in_prompt_order(model, fresh_file, tmp_path):
+    path = tmp_path / "rows.jsonl"
+    seen = []
+    assert collect(model, PROMPTS, path, FEATURES, on_prompt=seen.append, row_source=_rows_in([2, 0, 1], model)) == 3
+    assert seen == [0, 1, 2]
+    assert path.read_bytes() == fresh_file.read_bytes()
+
+
+def test_an_interrupt_keeps_only_prompts_whose_predecessors_were_written(model, fresh_file, tmp_path):
+    path = tmp_path / "rows.jsonl"
+    with pytest.raises(KeyboardInterrupt):  # prompts 0 and 2 finished; 1 never did
+        collect(model, PROMPTS, path, FEATURES, row_source=_rows_in([2, 0, 1], model, fail_after=2))
+    assert load_collection(path).gold.shape == (1,)  # prompt 2 was held back, not written after 0
+    assert collect(model, PROMPTS, path, FEATURES) == 2
+    assert path.read_bytes() == fresh_file.read_bytes()
+
+
+@pytest.mark.parametrize("order, message", [([0, 1, 1, 2], "came back twice"), ([0, 1], "no rows came back for "
+                                                                                          "prompts 2")])
+def test_a_row_source_that_repeats_or_drops_a_prompt_is_an_error(model, tmp_path, order, message):
+    path = tmp_path / "rows.jsonl"
+    with pytest.raises(CollectionFileError, match=message):
+        collect(model, PROMPTS, path, FEATURES, row_source=_rows_in(order, model))
+    assert load_collection(path).gold.shape == (2,)  # what came back in order is kept
 
 
 def test_resuming_with_other_features_is_refused(model, fresh_file, tmp_path):

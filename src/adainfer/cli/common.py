@@ -15,6 +15,7 @@ from typing import Annotated, Any
 import transformers
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from adainfer.data.tasks import LabelledPrompt
 from adainfer.engine.features import check_feature_names
@@ -41,7 +42,8 @@ def clean_errors(command: Callable[..., Any]) -> Callable[..., Any]:
         try:
             return command(*args, **kwargs)
         except (ValueError, OSError) as error:
-            err.print(f"[red]error:[/red] {error}", highlight=False, soft_wrap=True)
+            # Escaped: a message naming `.[ray]` or a path with brackets is text, not rich markup.
+            err.print(f"[red]error:[/red] {escape(str(error))}", highlight=False, soft_wrap=True)
             raise typer.Exit(code=2) from None
 
     return wrapper
@@ -106,7 +108,9 @@ def command_line(context: typer.Context) -> str:
         value = context.params.get(parameter.name)
         if value is None:
             continue
-        if parameter.param_type_name == "argument":
+        if getattr(parameter, "is_flag", False):
+            words += [parameter.opts[0]] if value else []  # a flag is there or not: `--ray`, never `--ray False`
+        elif parameter.param_type_name == "argument":
             words += [str(item) for item in value] if isinstance(value, (list, tuple)) else [str(value)]
         else:
             words += [parameter.opts[0], str(value)]

@@ -10,6 +10,11 @@ and a rerun with the same arguments resumes after it: the file is first rewritte
 prompt (a temporary file, then `os.replace`), and every kept prompt's hash must equal the hash of
 the prompt at its index, so a changed prompts file is refused instead of mixed in. One run at a
 time writes a file: `collect` holds a lock (``.<name>.lock`` beside it) while it writes.
+
+Who computes the rows is a parameter (`RowSource`): by default this process, with the model it
+was given; `adainfer.scale.collect` hands them to Ray workers. Either way every prompt's rows come
+from `prompt_rows` and are written here, in prompt order, so the file does not depend on who
+computed it.
 """
 
 from __future__ import annotations
@@ -19,7 +24,7 @@ import io
 import json
 import math
 import zipfile
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -34,6 +39,13 @@ from adainfer.engine.model import EarlyExitModel
 
 class CollectionFileError(ValueError):
     """A collection file that cannot be read or does not match the requested run."""
+
+
+# Computes the rows of some prompts: given (index, prompt) pairs, the feature names and the
+# deduplicated candidate ids, yields (index, that prompt's `prompt_rows` text) for each pair once,
+# in any order (a pool of workers finishes prompts out of order; `collect` puts them back in order).
+RowSource = Callable[[Sequence[tuple[int, LabelledPrompt]], tuple[str, ...], list[int] | None],
+                     Iterable[tuple[int, str]]]
 
 
 @dataclass
@@ -171,28 +183,65 @@ def collect(
     on_prompt: Callable[[int], None] | None = None,
     candidate_ids: Sequence[int] | None = None,
     collect_first: int | None = None,
+    row_source: RowSource | None = None,
 ) -> int:
     """Append the rows of every prompt not yet in `output`; returns how many prompts were added.
 
-    `on_prompt(index)` is called after each prompt, for progress bars. With `candidate_ids` (a
-    closed answer set's first tokens) each row also holds `cand_top1`, the best candidate. With
-    `collect_first`, only the first that many prompts are collected; rows already in `output` are
-    checked against all of `prompts`. Raises CollectionFileError while another run writes `output`.
+    `on_prompt(index)` is called after each prompt is written, for progress bars. With
+    `candidate_ids` (a closed answer set's first tokens) each row also holds `cand_top1`, the best
+    candidate. With `collect_first`, only the first that many prompts are collected; rows already
+    in `output` are checked against all of `prompts`. `row_source` computes the rows (default: this
+    process, with `model`); `model` still gives the header's identity. Raises CollectionFileError
+    while another run writes `output`.
     """
     output = Path(output)
     output.parent.mkdir(parents=True, exist_ok=True)
     try:
         with FileLock(lock_path(output), timeout=0):
             return _collect_locked(model, prompts, output, tuple(feature_names), on_prompt, candidate_ids,
-                                   len(prompts) if collect_first is None else collect_first)
+                                   len(prompts) if collect_first is None else collect_first,
+                                   row_source or _local_rows(model))
     except Timeout:
         raise CollectionFileError(f"another adainfer run is writing {output}; wait for it or choose another "
                                   f"output file") from None
 
 
+def prompt_rows(model: EarlyExitModel, index: int, item: LabelledPrompt, feature_names: tuple[str, ...],
+                candidate_ids: Sequence[int] | None) -> str:
+    """The JSONL lines of prompt `index`, one per layer, newline-terminated: what `collect` appends.
+
+    The one place a row is built, whichever process runs it, so a run spread over workers writes
+    the same bytes as one run here.
+    """
+    trace = model.trace(item.prompt, feature_names, candidate_ids)
+    gold = model.answer_token(item.prompt, item.answer)
+    digest = prompt_sha256(item)
+    rows = []
+    for layer, (values, top1) in enumerate(zip(trace.features, trace.top1), start=1):
+        row = {"prompt_index": index, "layer": layer}
+        row.update({name: round(float(value), 6) for name, value in zip(feature_names, values)})
+        row.update({"top1": int(top1), "gold": gold, "label": int(top1 == gold), "seq_len": trace.seq_len})
+        if trace.cand_top1 is not None:
+            row["cand_top1"] = int(trace.cand_top1[layer - 1])
+        row["prompt_sha256"] = digest
+        rows.append(json.dumps(row))
+    return "\n".join(rows) + "\n"
+
+
+def _local_rows(model: EarlyExitModel) -> RowSource:
+    """The default `RowSource`: this process computes each prompt's rows, in order, as it is asked."""
+
+    def rows(pending: Sequence[tuple[int, LabelledPrompt]], feature_names: tuple[str, ...],
+             candidate_ids: list[int] | None) -> Iterator[tuple[int, str]]:
+        for index, item in pending:
+            yield index, prompt_rows(model, index, item, feature_names, candidate_ids)
+
+    return rows
+
+
 def _collect_locked(model: EarlyExitModel, prompts: Sequence[LabelledPrompt], output: Path,
                     feature_names: tuple[str, ...], on_prompt: Callable[[int], None] | None,
-                    candidate_ids: Sequence[int] | None, collect_first: int) -> int:
+                    candidate_ids: Sequence[int] | None, collect_first: int, row_source: RowSource) -> int:
     candidate_ids = list(dict.fromkeys(candidate_ids)) if candidate_ids else None
     header = _header(model, feature_names, candidate_ids)
     done: set[int] = set()
@@ -202,29 +251,29 @@ def _collect_locked(model: EarlyExitModel, prompts: Sequence[LabelledPrompt], ou
     # Rewrite without a half-written prompt from an interrupted run, atomically: a second
     # interrupt leaves the old file, never an empty one.
     write_bytes_atomic(output, ("\n".join([json.dumps(header), *kept]) + "\n").encode("utf-8"))
-    added = 0
+    pending = [(index, item) for index, item in enumerate(prompts[:collect_first]) if index not in done]
+    order = [index for index, _ in pending]
+    awaited = set(order)
+    arrived: dict[int, str] = {}  # finished ahead of an earlier prompt: held until that one is written
+    written = 0
     with output.open("a", encoding="utf-8") as handle:
-        for index, item in enumerate(prompts[:collect_first]):
-            if index in done:
-                continue
-            trace = model.trace(item.prompt, feature_names, candidate_ids)
-            gold = model.answer_token(item.prompt, item.answer)
-            digest = prompt_sha256(item)
-            rows = []
-            for layer, (values, top1) in enumerate(zip(trace.features, trace.top1), start=1):
-                row = {"prompt_index": index, "layer": layer}
-                row.update({name: round(float(value), 6) for name, value in zip(feature_names, values)})
-                row.update({"top1": int(top1), "gold": gold, "label": int(top1 == gold), "seq_len": trace.seq_len})
-                if trace.cand_top1 is not None:
-                    row["cand_top1"] = int(trace.cand_top1[layer - 1])
-                row["prompt_sha256"] = digest
-                rows.append(json.dumps(row))
-            handle.write("\n".join(rows) + "\n")
-            handle.flush()
-            added += 1
-            if on_prompt is not None:
-                on_prompt(index)
-    return added
+        for index, rows in row_source(pending, feature_names, candidate_ids):
+            if index not in awaited:
+                raise CollectionFileError(f"{output}: the rows of prompt {index} came back twice or were "
+                                          f"not asked for")
+            awaited.discard(index)
+            arrived[index] = rows
+            # Append each prompt once every pending prompt before it is written: the file grows in
+            # prompt order whoever finishes first, so it is the same bytes as a run here.
+            while written < len(order) and order[written] in arrived:
+                handle.write(arrived.pop(order[written]))
+                handle.flush()
+                written += 1
+                if on_prompt is not None:
+                    on_prompt(order[written - 1])
+    if written < len(order):
+        raise CollectionFileError(f"{output}: no rows came back for prompts {_few(order[written:])}")
+    return written
 
 
 def load_collection(path: Path) -> Collection:

@@ -25,7 +25,8 @@ from adainfer.data.tasks import (TASKS, Example, LabelledPrompt, build_prompts, 
 from adainfer.engine.features import CANDIDATE_FEATURES
 from adainfer.engine.files import lock_path, write_text_atomic
 from adainfer.engine.model import EarlyExitModel
-from adainfer.eval.collect import Collection, collect, load_collection, load_collection_npz, save_collection_npz
+from adainfer.eval.collect import (Collection, RowSource, collect, load_collection, load_collection_npz,
+                                   save_collection_npz)
 
 # Everything the tables read: the paper's features, its factor study's cosines, and ours.
 BASE_FEATURES: tuple[str, ...] = ("gap", "top_prob", "depth", "cos_attn", "cos_mlp", "cos_hidden", "agree_prev")
@@ -164,11 +165,13 @@ def collect_setting(
     eval_limit: int,
     data_dir: Path | None = None,
     on_prompt: Callable[[str, int, int], None] | None = None,
+    row_source: RowSource | None = None,
 ) -> SettingData:
     """Collect (or resume) the train and eval traces of `setting`; returns them loaded.
 
     `on_prompt(split, done, total)` reports progress. Candidate features and `cand_top1` are
-    collected when the task has a closed answer set.
+    collected when the task has a closed answer set. `row_source` computes the rows elsewhere
+    (`collect.RowSource`, e.g. Ray workers); `model` still names the cache and heads its files.
     """
     task = load_task(setting.task, data_dir)
     candidates = model.candidate_tokens(task.choices) if task.choices else None
@@ -176,7 +179,8 @@ def collect_setting(
     folder = Path(cache_dir) / model_slug(model) / setting.name
     folder.mkdir(parents=True, exist_ok=True)
     with FileLock(lock_path(folder)):  # two runs sharing a setting: the second waits, then resumes
-        loaded = {split: _collect_split(model, task, setting, folder, split, limit, features, candidates, on_prompt)
+        loaded = {split: _collect_split(model, task, setting, folder, split, limit, features, candidates, on_prompt,
+                                        row_source)
                   for split, limit in (("train", train_limit), ("eval", eval_limit))}
         data = SettingData(setting, task.group, loaded["train"], loaded["eval"])
         _write_setting_json(data, folder, task.choices)
@@ -185,7 +189,8 @@ def collect_setting(
 
 def _collect_split(model: EarlyExitModel, task: TaskData, setting: Setting, folder: Path, split: str, limit: int,
                    features: tuple[str, ...], candidates: list[int] | None,
-                   on_prompt: Callable[[str, int, int], None] | None) -> Collection:
+                   on_prompt: Callable[[str, int, int], None] | None,
+                   row_source: RowSource | None = None) -> Collection:
     try:
         prompts = task_prompts(task, split, setting.shots, limit, setting.seed)
     except ValueError as error:
@@ -205,7 +210,8 @@ def _collect_split(model: EarlyExitModel, task: TaskData, setting: Setting, fold
 
     # A run with a larger limit may have cached more prompts: their rows are checked against them.
     known = cached if len(cached) > len(prompts) else prompts
-    collect(model, known, rows, features, on_prompt=progress, candidate_ids=candidates, collect_first=len(prompts))
+    collect(model, known, rows, features, on_prompt=progress, candidate_ids=candidates, collect_first=len(prompts),
+            row_source=row_source)
     collection = load_collection(rows)
     return collection.subset(slice(0, len(prompts)))
 
