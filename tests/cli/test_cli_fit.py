@@ -85,3 +85,13 @@ def test_too_few_examples_for_three_splits_is_one_error_line(tmp_path, tiny_spac
     assert_clean_error(result, "too few examples for three splits")
     assert not (tmp_path / "clf").exists()
     assert stderr(result).splitlines()[-1].startswith("error:") and "━" not in stderr(result)
+
+
+def test_profile_with_a_task_prints_the_best_reachable_speedup_and_a_verdict(tmp_path, tiny_spaced_dir):
+    task = write_task(tmp_path / "parity.jsonl", parity_examples(120))
+    result = ok("profile", "--task", task, "--sample", 4, "--shots", 2, "--repeats", 1, "-o", tmp_path / "payoff.json",
+                "--model", tiny_spaced_dir, "--cache-dir", tmp_path / "cache")
+    payoff = json.loads(result.stdout)
+    assert payoff["prompts"] == 4 and payoff["closed_answer_set"] and payoff["best_speedup"] > 0
+    assert payoff["verdict"] in stderr(result)
+    assert json.loads((tmp_path / "payoff.json").read_text()) == payoff
