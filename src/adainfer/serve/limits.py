@@ -1,0 +1,66 @@
+"""A cap on request bodies, enforced before the app parses one.
+
+A declared `Content-Length` over the cap is refused without reading the body; a body without
+one (chunked) is read only up to the cap. Either way the app never holds more than `max_bytes`
+of a body: FastAPI reads a whole body into memory before validating it, so without this cap one
+client could make the server allocate whatever it sends.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from starlette.responses import JSONResponse
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+DEFAULT_MAX_BODY_BYTES = 1_000_000
+
+
+class BodyLimit:
+    """ASGI middleware: 413 for a body over `max_bytes`; `refuse(message)` builds that response."""
+
+    def __init__(self, app: ASGIApp, max_bytes: int, refuse: Callable[[str], JSONResponse]) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+        self.refuse = refuse
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        declared = dict(scope["headers"]).get(b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
+            await self._refuse(f"request body of {int(declared)} bytes", scope, receive, send)
+            return
+        body = bytearray()
+        more_body = True
+        while more_body:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return  # the client left before sending its body: there is nobody to answer
+            body += message.get("body", b"")
+            more_body = message.get("more_body", False)
+            if len(body) > self.max_bytes:
+                await self._refuse("request body", scope, receive, send)
+                return
+        await self.app(scope, _replay(bytes(body), receive), send)
+
+    async def _refuse(self, what: str, scope: Scope, receive: Receive, send: Send) -> None:
+        response = self.refuse(f"{what} is over this server's limit of {self.max_bytes} bytes")
+        response.headers["Connection"] = "close"  # the unread rest of the body must not be taken for a request
+        await response(scope, receive, send)
+
+
+def _replay(body: bytes, receive: Receive) -> Receive:
+    """A `receive` that hands the app the body already read, then the client's later messages
+    (a disconnect, which a streamed response listens for)."""
+    sent = False
+
+    async def replayed() -> Message:
+        nonlocal sent
+        if not sent:
+            sent = True
+            return {"type": "http.request", "body": body, "more_body": False}
+        return await receive()
+
+    return replayed
