@@ -60,10 +60,10 @@ def answer_set(model: EarlyExitModel, choices: Sequence[str]) -> AnswerSet:
     by_token: dict[int, list[str]] = {}
     for label, token in zip(labels, token_ids):
         by_token.setdefault(token, []).append(label)
-    collisions = [names for names in by_token.values() if len(names) > 1]
+    collisions = {token: names for token, names in by_token.items() if len(names) > 1}
     if collisions:
         shown = "; ".join(" and ".join(repr(name) for name in names) + f" both start with token "
-                          f"{model.decode_token(model.answer_token('A:', names[0]))!r}" for names in collisions)
+                          f"{model.decode_token(token)!r}" for token, names in collisions.items())
         raise AnswerSetError(f"labels whose first tokens collide cannot be told apart by a one-token answer: {shown}; "
                              f"rename them, or pass --choices with labels that start differently")
     return AnswerSet(labels, tuple(token_ids))
