@@ -2,14 +2,11 @@
 
 import json
 import sys
-from pathlib import Path
 
 import pytest
 
 from cli_runner import assert_clean_error, invoke, ok, stderr
-
-sys.path.insert(0, str(Path(__file__).parents[1] / "fit"))
-from fit_data import parity_examples, write_task  # noqa: E402
+from fit_data import parity_examples, write_task  # tests/fit, on the path by the root conftest
 
 SMALL = ("--shots", 2, "--train", 30, "--calibration", 40, "--test", 20, "--epsilon", 0.1, "--delta", 0.1,
          "--timing-prompts", 4, "--batch-sizes", "1,2", "--resplits", 10)
@@ -69,12 +66,25 @@ def test_bad_tasks_are_one_error_line_and_write_nothing(tmp_path, tiny_spaced_di
     (("--epsilon", 1.5), "--epsilon must be in (0, 1)"),
     (("--delta", 0), "--delta must be in (0, 1)"),
     (("--calibration", 10), "at least 22 are needed"),
+    (("--workers", 2), "add --ray"),
+    (("--ray", "--workers", 0), "--workers must be at least 1"),
 ])
 def test_bad_options_are_one_error_line_and_write_nothing(tmp_path, tiny_spaced_dir, options, message):
     task = write_task(tmp_path / "task.jsonl", parity_examples(240))
     result = invoke("fit", task, "-o", tmp_path / "clf", *SMALL, *options, "--runs", tmp_path / "runs",
                     "--model", tiny_spaced_dir, "--cache-dir", tmp_path / "cache")
     assert_clean_error(result, message)
+    assert not (tmp_path / "clf").exists() and not (tmp_path / "runs").exists()
+
+
+def test_fit_with_ray_but_without_ray_installed_names_the_extra_and_writes_nothing(tmp_path, tiny_spaced_dir,
+                                                                                  monkeypatch):
+    monkeypatch.setitem(sys.modules, "ray", None)  # `import ray` now fails as if it were not installed
+    monkeypatch.delitem(sys.modules, "adainfer.scale.collect", raising=False)
+    task = write_task(tmp_path / "task.jsonl", parity_examples(240))
+    result = invoke("fit", task, "-o", tmp_path / "clf", *SMALL, "--ray", "--runs", tmp_path / "runs",
+                    "--model", tiny_spaced_dir)
+    assert_clean_error(result, "--ray needs Ray", 'pip install -e ".[ray]"')
     assert not (tmp_path / "clf").exists() and not (tmp_path / "runs").exists()
 
 

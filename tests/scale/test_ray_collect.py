@@ -20,8 +20,10 @@ from adainfer.data.tasks import LabelledPrompt  # noqa: E402
 from adainfer.engine.features import CANDIDATE_FEATURES  # noqa: E402
 from adainfer.engine.model import EarlyExitModel  # noqa: E402
 from adainfer.eval.collect import collect, load_collection  # noqa: E402
+from adainfer.fit import pipeline  # noqa: E402
 from adainfer.scale.collect import (PromptTracer, RayRows, actor_resources, check_reachable, connected,  # noqa: E402
                                     default_workers)
+from fit_data import parity_examples, write_task  # noqa: E402
 
 FEATURES = ("gap", "top_prob", "depth", "agree_prev") + CANDIDATE_FEATURES
 CHOICES = ["red", "blue", "green"]
@@ -144,6 +146,34 @@ def test_eval_with_ray_writes_the_same_cache_as_without(tiny_llama_dir, tmp_path
     assert caches["ray"] == caches["local"]
     command = json.loads((tmp_path / "ray-out" / "tasks.json").read_text())["command"]
     assert "--ray --workers 2" in command
+
+
+def test_fit_with_ray_writes_the_same_cache_and_classifier_as_without(tiny_spaced_dir, tmp_path, monkeypatch):
+    # The first check is priced by a live timing of a check; a fixed price keeps the two fits comparable.
+    first_check = pipeline.cheapest_first_check
+    monkeypatch.setattr(pipeline, "cheapest_first_check", lambda oracle, layers, _cost: first_check(oracle, layers, 0.2))
+    task = tmp_path / "parity.jsonl"
+    write_task(task, parity_examples(120))
+    saved = {}
+    for name, extra in (("local", ()), ("ray", ("--ray", "--workers", "2"))):
+        result = CliRunner().invoke(app, [str(arg) for arg in (
+            "fit", task, "-o", tmp_path / f"{name}-classifier", "--shots", 2, "--train", 30, "--calibration", 40,
+            "--test", 20, "--epsilon", 0.1, "--delta", 0.1, "--timing-prompts", 0, "--resplits", 0,
+            "--runs", tmp_path / name, "--model", tiny_spaced_dir, *extra)])
+        assert result.exit_code == 0, result.output
+        saved[name] = {path.relative_to(tmp_path / name): path.read_bytes()
+                       for path in sorted((tmp_path / name).rglob("*.jsonl"))}
+        saved[f"{name}-card"] = json.loads((tmp_path / f"{name}-classifier" / "card.json").read_text())
+    assert len(saved["local"]) == 6  # {train,calibration,test}.jsonl and their prompts
+    assert saved["ray"] == saved["local"]
+    # The same traces fit the same classifier; what differs is timed afresh (the cost profile and
+    # the time it estimates) or names the command.
+    local, card = saved["local-card"], saved["ray-card"]
+    for figures in (local, card):
+        del figures["test"]["estimated_time_ratio"]
+    assert [card[key] for key in ("first_check", "certificate", "test")] == \
+        [local[key] for key in ("first_check", "certificate", "test")]
+    assert "--ray --workers 2" in card["command"]
 
 
 @pytest.mark.parametrize("cluster, resources, workers", [

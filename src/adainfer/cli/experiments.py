@@ -10,16 +10,16 @@ import contextlib
 import json
 import time
 from pathlib import Path
-from types import ModuleType
 from typing import Annotated, Literal
 
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from adainfer.cli.common import CacheOption, ModelOption, clean_errors, command_line, err, open_model, parse_ints
+from adainfer.cli.scaling import (AddressOption, RayOption, WorkersOption, absolute, check_ray_options, ray_connection,
+                                  ray_module, worker_source)
 from adainfer.data.tasks import TASKS, write_prompts_jsonl
 from adainfer.engine.cost_profile import CostProfile
-from adainfer.engine.loading import EMBEDDED_MODELS
 from adainfer.engine.model import EarlyExitModel
 from adainfer.eval.collect import RowSource
 from adainfer.eval.experiments import model_transfer_rows
@@ -59,17 +59,14 @@ def eval_command(
     data_dir: Annotated[Path | None, typer.Option(help="Datasets folder. Default: $ADAINFER_DATA or ../shared/data.")] = None,
     model: ModelOption = None,
     cache_dir: CacheOption = None,
-    ray: Annotated[bool, typer.Option("--ray", help="Compute the traces on Ray workers, each loading the model once; this process still writes the cache, the same bytes as without --ray. Needs the ray extra: pip install -e \".\\[ray]\".")] = False,
-    address: Annotated[str | None, typer.Option(help="With --ray: the cluster to run on (ray://HOST:10001, or auto for the one this machine belongs to). Default: start a local one.")] = None,
-    workers: Annotated[int | None, typer.Option(help="With --ray: how many workers, each one CPU (or one GPU) and a copy of the model. Default: one per CPU (GPU) of the cluster.")] = None,
+    ray: RayOption = False,
+    address: AddressOption = None,
+    workers: WorkersOption = None,
 ) -> None:
     """Collect every (task, shots) setting once, then write the paper's tables and figures."""
     if limit < 1 or train_limit < 1:
         raise ValueError("--limit and --train-limit must be at least 1")
-    if (address is not None or workers is not None) and not ray:
-        raise ValueError("--address and --workers choose where --ray runs; add --ray")
-    if workers is not None and workers < 1:
-        raise ValueError(f"--workers must be at least 1, got {workers}")
+    check_ray_options(ray, address, workers)
     task_names = [name.strip() for name in tasks.split(",") if name.strip()]
     for name in task_names:
         if not name.endswith(".jsonl") and name not in TASKS:
@@ -79,16 +76,14 @@ def eval_command(
     grid = settings_grid(task_names, parse_ints(shots), seed)
     check_settings(grid, train_limit, limit, data_dir)
     started = time.perf_counter()
-    ray_collect = _ray_collect() if ray else None
     with contextlib.ExitStack() as stack:
-        if ray_collect is not None:  # before the model loads: a missing extra or a wrong address fails at once
-            with err.status("starting Ray" if address is None else f"connecting to Ray at {address}"):
-                stack.enter_context(ray_collect.connected(address, workers))
+        if ray:  # before the model loads: a missing extra or a wrong address fails at once
+            ray_connection(stack, address, workers)
         exit_model = open_model(model, cache_dir)
         row_source = None
-        if ray_collect is not None:
-            row_source = ray_collect.RayRows(_worker_source(model), None if cache_dir is None else str(cache_dir.resolve()),
-                                             exit_model.identity(), workers)
+        if ray:
+            row_source = ray_module("collect").RayRows(worker_source(model), absolute(cache_dir),
+                                                       exit_model.identity(), workers)
         collected = _collect_grid(exit_model, grid, runs, train_limit, limit, data_dir, row_source)
     out = out or Path("results") / model_slug(exit_model)
     written = write_report(collected, out, command_line(context))
@@ -110,25 +105,6 @@ def _collect_grid(exit_model: EarlyExitModel, grid: list[Setting], runs: Path, t
             collected.append(collect_setting(exit_model, setting, runs, train_limit, limit, data_dir, on_prompt,
                                              row_source))
     return collected
-
-
-def _ray_collect() -> ModuleType:
-    """`adainfer.scale.collect`, imported only for --ray: Ray is an optional extra."""
-    try:
-        import adainfer.scale.collect as ray_collect
-    except ModuleNotFoundError as error:
-        if (error.name or "").partition(".")[0] != "ray":
-            raise
-        raise ValueError('--ray needs Ray, an optional extra: pip install -e ".[ray]"') from None
-    return ray_collect
-
-
-def _worker_source(model: str | None) -> str | None:
-    """The model as workers load it: a local path made absolute (a worker may start elsewhere),
-    an embedded name or the default as given (the loader reads a name before a path)."""
-    if model is None or model in EMBEDDED_MODELS or not Path(model).expanduser().exists():
-        return model
-    return str(Path(model).expanduser().resolve())
 
 
 @clean_errors

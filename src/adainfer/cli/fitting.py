@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 from typing import Annotated
 
@@ -10,6 +11,8 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from adainfer.cli.common import CacheOption, ModelOption, clean_errors, command_line, err, open_model, parse_choices, parse_ints
 from adainfer.cli.experiments import DEFAULT_RUNS
+from adainfer.cli.scaling import (AddressOption, RayOption, WorkersOption, absolute, check_ray_options, ray_connection,
+                                  ray_module, worker_source)
 from adainfer.data.tasks import TASKS
 from adainfer.engine.loading import DEFAULT_MODEL
 from adainfer.fit.card import summary_lines
@@ -38,6 +41,9 @@ def fit(
     data_dir: Annotated[Path | None, typer.Option(help="Datasets folder. Default: $ADAINFER_DATA or ../shared/data.")] = None,
     model: ModelOption = None,
     cache_dir: CacheOption = None,
+    ray: RayOption = False,
+    address: AddressOption = None,
+    workers: WorkersOption = None,
 ) -> None:
     """Fit an early-exit classifier whose answers match the full model's within epsilon (w.p. >= 1 - delta), and measure it."""
     if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not (out / CONFIG_NAME).is_file())):
@@ -45,19 +51,27 @@ def fit(
     options = FitOptions(shots=shots, epsilon=epsilon, delta=delta, sizes=SplitSizes(train, calibration, test),
                          seed=seed, choices=tuple(parse_choices(choices)) if choices else None,
                          timing_prompts=timing_prompts, batch_sizes=tuple(parse_ints(batch_sizes)), resplits=resplits)
+    check_ray_options(ray, address, workers)
     if task.endswith(".jsonl") and not Path(task).is_file():
         raise ValueError(f"task file {task} does not exist")
     source = task_source(task, data_dir)
-    exit_model = open_model(model, cache_dir)
-    plan = plan_fit(exit_model, source, options)
-    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
-    with Progress(*columns, console=err) as progress:
-        bar = progress.add_task("", total=None)
+    with contextlib.ExitStack() as stack:
+        if ray:  # before the model loads: a missing extra or a wrong address fails at once
+            ray_connection(stack, address, workers)
+        exit_model = open_model(model, cache_dir)
+        plan = plan_fit(exit_model, source, options)
+        row_source = None
+        if ray:
+            row_source = ray_module("collect").RayRows(worker_source(model), absolute(cache_dir),
+                                                       exit_model.identity(), workers)
+        columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+        with Progress(*columns, console=err) as progress:
+            bar = progress.add_task("", total=None)
 
-        def report(stage: str, done: int, total: int) -> None:
-            progress.update(bar, description=stage, completed=done, total=total)
+            def report(stage: str, done: int, total: int) -> None:
+                progress.update(bar, description=stage, completed=done, total=total)
 
-        fitted = fit_classifier(exit_model, source, options, runs, model or DEFAULT_MODEL, command_line(context),
-                                report, plan)
+            fitted = fit_classifier(exit_model, source, options, runs, model or DEFAULT_MODEL, command_line(context),
+                                    report, plan, row_source)
     fitted.save(out)
     typer.echo("\n".join([f"saved to {out} (card: {out / 'card.md'})", *summary_lines(fitted.card)]))

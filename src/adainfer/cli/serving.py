@@ -2,16 +2,21 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
 import signal
+import socket
+import threading
 from pathlib import Path
-from types import FrameType
-from typing import Annotated
+from types import FrameType, ModuleType
+from typing import Annotated, Any
 
 import torch
 import typer
 import uvicorn
 
 from adainfer.cli.common import CacheOption, ModelOption, clean_errors, err, open_model
+from adainfer.cli.scaling import AddressOption, RayOption, absolute, check_ray_options, ray_connection, ray_module, worker_source
 from adainfer.engine.loading import DEFAULT_MODEL
 from adainfer.fit.classifier import load_classifier
 from adainfer.serve.app import ServeOptions, create_app
@@ -30,25 +35,73 @@ def serve(
     threads: Annotated[int | None, typer.Option(help="torch threads of the model worker. Default: torch's.")] = None,
     log_level: Annotated[str, typer.Option(help="uvicorn's log level (critical, error, warning, info, debug).")] = "info",
     cache_dir: CacheOption = None,
+    ray: RayOption = False,
+    address: AddressOption = None,
+    replicas: Annotated[int | None, typer.Option(help="With --ray: copies of the model, each serving this API with its own batcher, behind Ray Serve's proxy (each reserves --threads CPUs, or a GPU). Default: 1.")] = None,
 ) -> None:
     """Serve /v1/classify (early exit, dynamic batching), /v1/completions (lossless, OpenAI schema), /metrics, /docs."""
     if max_batch_size < 1 or max_queue < 1 or max_wait_ms < 0 or (threads is not None and threads < 1):
         raise ValueError("--max-batch-size, --max-queue and --threads must be >= 1 and --max-wait-ms >= 0")
     if not 0 <= port <= 65535:
         raise ValueError(f"--port must be in 0..65535, got {port}")
+    check_ray_options(ray, address, replicas, "--replicas")
+    serving = ray_module("serving") if ray else None  # a missing extra fails before the model loads
+    if ray and address is None:
+        _check_local_room(host, port, (replicas or 1) * (threads or 1))
     exit_model = open_model(model, cache_dir)
-    policy, card = load_classifier(policy_dir, exit_model)
-    if threads is not None:
-        torch.set_num_threads(threads)
+    policy, card = load_classifier(policy_dir, exit_model)  # a wrong classifier fails here, in one line
     model_id = model or DEFAULT_MODEL
     options = ServeOptions(max_batch_size=max_batch_size, max_wait_ms=max_wait_ms, max_queue=max_queue, dense=dense)
+    described = (f"{model_id} ({'dense' if dense else 'early exit'}, {card.task}: "
+                 f"{', '.join(card.answer_set or ['open vocabulary'])}) on http://{host}:{port} (API docs: /docs)")
+    if serving is not None:
+        del exit_model, policy  # the replicas load their own copies
+        spec = serving.ReplicaSpec(worker_source(model), absolute(cache_dir), absolute(policy_dir), model_id, options,
+                                   threads or 1)
+        _serve_on_ray(serving, spec, replicas or 1, host, port, address, described)
+        return
+    if threads is not None:
+        torch.set_num_threads(threads)
     app = create_app(exit_model, policy, card, model_id, options)
-    err.print(f"serving {model_id} ({'dense' if dense else 'early exit'}, {card.task}: "
-              f"{', '.join(card.answer_set or ['open vocabulary'])}) on http://{host}:{port} (API docs: /docs)",
-              highlight=False, soft_wrap=True)
+    err.print(f"serving {described}", highlight=False, soft_wrap=True)
     server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level=log_level))
     signal.signal(signal.SIGTERM, _exit_cleanly)
     server.run()
+
+
+def _serve_on_ray(serving: ModuleType, spec: Any, replicas: int, host: str, port: int, address: str | None,
+                  described: str) -> None:
+    """Deploy `replicas` replicas of `spec` (`adainfer.scale.serving.ReplicaSpec`) on Ray Serve,
+    then wait for SIGINT or SIGTERM and take them down (each drains its batcher first) before
+    exiting with success."""
+    stop = threading.Event()
+    plural = "s" if replicas > 1 else ""
+    with contextlib.ExitStack() as stack:
+        ray_connection(stack, address, None)
+        for signal_number in (signal.SIGINT, signal.SIGTERM):  # after ray.init, which installs its own
+            signal.signal(signal_number, lambda *_: stop.set())
+        with err.status(f"starting {replicas} replica{plural} on Ray Serve"):
+            serving.deploy(spec, replicas, host, port)
+        err.print(f"serving {described} with {replicas} replica{plural} on Ray; Ctrl-C or SIGTERM stops",
+                  highlight=False, soft_wrap=True)
+        while not stop.wait(0.5):
+            pass
+        with err.status("stopping: replicas finish what they hold"):
+            serving.undeploy(stop_serve=address is None)
+
+
+def _check_local_room(host: str, port: int, cpus: int) -> None:
+    """Refuse, in one line, what a local cluster cannot start: replicas needing more CPUs than this
+    machine has (Ray would wait for them without end), or a port that cannot be bound here (Ray
+    Serve's proxy would fail and be retried, without end, in the background)."""
+    if cpus > (os.cpu_count() or 1):
+        raise ValueError(f"--replicas x --threads needs {cpus} CPUs; this machine has {os.cpu_count()} "
+                         f"(use fewer, or --address to run on a cluster)")
+    try:
+        with socket.create_server((host, port)):
+            pass
+    except OSError as error:
+        raise OSError(f"cannot listen on {host}:{port}: {error.strerror or error}") from None
 
 
 def _exit_cleanly(_signal: int, _frame: FrameType | None) -> None:

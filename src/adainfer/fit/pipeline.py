@@ -29,7 +29,7 @@ from adainfer.data.tasks import Example, split_examples, write_prompts_jsonl
 from adainfer.engine.cost_profile import measure_cost_profile
 from adainfer.engine.files import lock_path
 from adainfer.engine.model import EarlyExitModel
-from adainfer.eval.collect import Collection, collect, load_collection
+from adainfer.eval.collect import Collection, RowSource, collect, load_collection
 from adainfer.eval.harness import load_task, model_slug
 from adainfer.eval.replay import evaluate_policy, fit_on, policy_decisions
 from adainfer.fit.answer_set import AnswerSet, detect_answer_set
@@ -117,8 +117,10 @@ class FittedClassifier:
 
 
 def _collect_splits(model: EarlyExitModel, splits: FitSplits, folder: Path, features: tuple[str, ...],
-                    answers: AnswerSet | None, progress: Progress | None) -> dict[str, Collection]:
-    """Full-depth traces of each split under `folder`, resumed where an earlier run stopped."""
+                    answers: AnswerSet | None, progress: Progress | None,
+                    row_source: RowSource | None) -> dict[str, Collection]:
+    """Full-depth traces of each split under `folder`, resumed where an earlier run stopped;
+    `row_source` computes them elsewhere (Ray workers), this process still writing every row."""
     folder.mkdir(parents=True, exist_ok=True)
     collections = {}
     with FileLock(lock_path(folder)):
@@ -134,7 +136,7 @@ def _collect_splits(model: EarlyExitModel, splits: FitSplits, folder: Path, feat
                     progress(f"traces: {split}", done, total)
 
             collect(model, prompts, folder / f"{split}.jsonl", features, on_prompt=advance,
-                    candidate_ids=answers.token_ids if answers else None)
+                    candidate_ids=answers.token_ids if answers else None, row_source=row_source)
             collections[split] = load_collection(folder / f"{split}.jsonl")
     return collections
 
@@ -208,16 +210,18 @@ def plan_fit(model: EarlyExitModel, source: TaskSource, options: FitOptions) -> 
 
 def fit_classifier(model: EarlyExitModel, source: TaskSource, options: FitOptions, cache_dir: Path,
                    model_name: str = "", command: str = "", progress: Progress | None = None,
-                   plan: FitPlan | None = None) -> FittedClassifier:
+                   plan: FitPlan | None = None, row_source: RowSource | None = None) -> FittedClassifier:
     """Fit, certify and measure an early-exit classifier for `source` on `model` (see the module docstring).
 
     `plan` is `plan_fit`'s (made here when not given). `progress(stage, done, total)` reports long steps.
+    `row_source` traces the prompts elsewhere (`adainfer.scale.collect.RayRows`); the cache written
+    is the same, so the classifier is too.
     """
     plan = plan or plan_fit(model, source, options)
     answers, splits = plan.answers, plan.splits
     features = CLOSED_FEATURES if answers else OPEN_FEATURES
     folder = _cache_folder(cache_dir, model, source, splits, answers, features, options.seed)
-    traces = _collect_splits(model, splits, folder, features, answers, progress)
+    traces = _collect_splits(model, splits, folder, features, answers, progress, row_source)
     train, calibration, test = (traces[split] for split in SPLITS)
 
     # The price of a check in layers, measured here at the prompts' typical length.

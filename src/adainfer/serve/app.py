@@ -9,6 +9,7 @@ requests in flight, then lets the worker finish what it holds.
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -135,8 +136,10 @@ def create_app(model: EarlyExitModel, policy: StopPolicy, card: ClassifierCard, 
 
     @app.get("/healthz")
     async def healthz() -> dict[str, Any]:
-        """Liveness: answered by the event loop even while the worker runs a batch."""
-        return {"status": "ok", "model": model_id, "mode": classifier.mode, "queued_rows": worker.queued_rows}
+        """Liveness: answered by the event loop even while the worker runs a batch. `pid` names the
+        process that answered: behind a proxy with several replicas (`serve --ray`), the replica."""
+        return {"status": "ok", "model": model_id, "mode": classifier.mode, "queued_rows": worker.queued_rows,
+                "pid": os.getpid()}
 
     @app.get("/metrics")
     async def prometheus() -> Response:
