@@ -54,6 +54,10 @@ def test_the_card_holds_replayed_test_figures_and_live_speed_at_each_batch_size(
     assert test["layers_saved"] == pytest.approx(1 - exits.mean() / traces.top1.shape[1], abs=1e-4)
     assert [figure["batch_size"] for figure in card.speed] == [1, 4]
     assert all(figure["prompts"] == 8 and figure["speedup"] > 0 for figure in card.speed)
+    for figure in card.speed:  # three passes timed: dense forward, our walk at full depth, early exit
+        assert figure["full_depth_seconds"] > 0
+        assert figure["speedup_vs_full_depth"] == pytest.approx(
+            figure["full_depth_seconds"] / figure["early_exit_seconds"], rel=0.05)  # of seconds rounded to 0.1 ms
     assert test["live_exit_layers_equal_replay"] == 1.0
     assert card.resplit_check["splits"] == 20 and card.resplit_check["prompts"] == 120
 

@@ -183,3 +183,14 @@ def test_rejects_prompts_the_model_cannot_take(model, prompt, message):
 def test_result_serialises_to_plain_json_types(model):
     record = json.loads(json.dumps(predict(model, PROMPT, ALWAYS).to_dict()))
     assert record["exit_layer"] == 1 and record["feature_names"] == ["gap"]
+
+
+def test_a_batch_told_never_to_check_runs_every_layer_and_reads_one_lens_for_the_full_models_answer(model):
+    from adainfer.inference.predict import predict_batch
+
+    prompts = [PROMPT, "Q: a dog ran far away\nA:"]
+    results = predict_batch(model, prompts, ALWAYS, first_check=model.num_layers + 1)
+    assert [r.exit_layer for r in results] == [4, 4] and [r.lens_reads for r in results] == [1, 1]
+    assert not any(r.accepted for r in results)  # the policy, which accepts everywhere, was never asked
+    assert [r.answer_token_id for r in results] == [int(model.model(model.encode(p)).logits[0, -1].argmax())
+                                                    for p in prompts]

@@ -126,9 +126,12 @@ def summary_lines(card: ClassifierCard) -> list[str]:
                      f"(disagreement {_pct(1 - test['agreement_with_dense'])}, promised <= {_pct(card.epsilon)})")
         lines.append(f"layers saved {_pct(test['layers_saved'])}, honest FLOPs ratio {test['honest_flops_ratio']:.3f}")
     for figure in card.speed:
+        own = figure.get("speedup_vs_full_depth")  # absent from cards written before it was measured
         lines.append(f"measured speedup vs the model's forward at batch {figure['batch_size']}: "
                      f"{figure['speedup']:.2f}x ({figure['prompts']} prompts, {figure['dense_seconds']:.1f} s dense, "
-                     f"{figure['early_exit_seconds']:.1f} s early exit, {figure['torch_threads']} threads)")
+                     f"{figure['early_exit_seconds']:.1f} s early exit, {figure['torch_threads']} threads)"
+                     + ("" if own is None else f"; vs our own walk at full depth: {own:.2f}x "
+                                               f"({figure['full_depth_seconds']:.1f} s)"))
     threshold = cert.get("threshold")
     if threshold is None:
         lines.append(f"certificate: no threshold passed with {cert['calibration_prompts']} calibration prompts at "

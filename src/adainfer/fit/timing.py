@@ -1,9 +1,13 @@
 """Measured wall-clock speedup of early exit over the model's own forward, side by side in one run.
 
-The machine is noisy, so the two are timed in alternation, batch by batch (dense first on even
-batches, early exit first on odd ones), after one untimed warm-up of each: drift in the
-machine's load falls on both. The speedup is total dense time over total early-exit time; the
-median of the per-batch ratios is reported beside it.
+Three passes answer the same batches: the model's own forward (dense, the baseline a user
+compares with), our walk at full depth (every layer, one lens read at the last: no check, no
+exit) and early exit. The first ratio is what a user gains; the second isolates what early exit
+itself gains, since our layer loop alone can differ in speed from the model's forward (on short
+prompts it can be faster, which the first ratio would credit to early exit). The machine is
+noisy, so the three are timed in turn, batch by batch, in an order that rotates from batch to
+batch, after one untimed warm-up of each: drift in the machine's load falls on all. A speedup is
+a ratio of total times; the median of the per-batch ratios is reported beside the first.
 """
 
 from __future__ import annotations
@@ -32,6 +36,8 @@ class SpeedFigure:
     speedup: float  # dense_seconds / early_exit_seconds
     median_batch_speedup: float
     torch_threads: int
+    full_depth_seconds: float
+    speedup_vs_full_depth: float  # full_depth_seconds / early_exit_seconds: early exit's own gain
 
     def to_dict(self) -> dict[str, float | int]:
         return {key: round(value, 4) if isinstance(value, float) else value for key, value in asdict(self).items()}
@@ -50,7 +56,8 @@ def _timed(run: Callable[[], object], device: torch.device) -> float:
 def measure_speedup(model: EarlyExitModel, prompts: Sequence[str], policy: StopPolicy,
                     candidate_ids: Sequence[int] | None, batch_size: int,
                     on_batch: Callable[[], None] | None = None) -> tuple[SpeedFigure, list[ExitResult]]:
-    """Time `predict_batch` against the dense forward on `prompts` in batches of `batch_size`.
+    """Time `predict_batch` against the dense forward and against itself at full depth, on
+    `prompts` in batches of `batch_size`.
 
     Returns the figure and the early-exit results of the timed runs (so a caller can check them
     against replay). `on_batch` is called after each timed batch, for progress bars.
@@ -58,26 +65,28 @@ def measure_speedup(model: EarlyExitModel, prompts: Sequence[str], policy: StopP
     if batch_size < 1 or not prompts:
         raise ValueError(f"need prompts and a batch size >= 1, got {len(prompts)} prompts, batch {batch_size}")
     device = model.executor.head.weight.device
+    never_check = model.num_layers + 1
     batches = [list(prompts[start:start + batch_size]) for start in range(0, len(prompts), batch_size)]
-    dense_logits(model, batches[0])  # warm-ups: first calls allocate and pick kernels
-    predict_batch(model, batches[0], policy, candidate_ids)
-    dense_times, exit_times, results = [], [], []
+    passes: dict[str, Callable[[list[str]], list[ExitResult] | object]] = {
+        "dense": lambda batch: dense_logits(model, batch),
+        "full_depth": lambda batch: predict_batch(model, batch, policy, candidate_ids, first_check=never_check),
+        "early_exit": lambda batch: predict_batch(model, batch, policy, candidate_ids),
+    }
+    for run in passes.values():  # warm-ups: first calls allocate and pick kernels
+        run(batches[0])
+    seconds: dict[str, list[float]] = {name: [] for name in passes}
+    results: list[ExitResult] = []
+    order = list(passes)
     for index, batch in enumerate(batches):
-        answered: list[ExitResult] = []
-
-        def dense() -> None:
-            dense_times.append(_timed(lambda: dense_logits(model, batch), device))
-
-        def early() -> None:
-            exit_times.append(_timed(lambda: answered.extend(predict_batch(model, batch, policy, candidate_ids)),
-                                     device))
-
-        for run in ((dense, early) if index % 2 == 0 else (early, dense)):
-            run()
-        results.extend(answered)
+        for name in order[index % 3:] + order[:index % 3]:
+            answered: list = []
+            seconds[name].append(_timed(lambda: answered.append(passes[name](batch)), device))
+            if name == "early_exit":
+                results.extend(answered[0])
         if on_batch is not None:
             on_batch()
-    ratios = [d / e for d, e in zip(dense_times, exit_times)]
-    figure = SpeedFigure(batch_size, len(prompts), sum(dense_times), sum(exit_times),
-                         sum(dense_times) / sum(exit_times), statistics.median(ratios), torch.get_num_threads())
+    dense, full_depth, early = (sum(seconds[name]) for name in ("dense", "full_depth", "early_exit"))
+    ratios = [d / e for d, e in zip(seconds["dense"], seconds["early_exit"])]
+    figure = SpeedFigure(batch_size, len(prompts), dense, early, dense / early, statistics.median(ratios),
+                         torch.get_num_threads(), full_depth, full_depth / early)
     return figure, results

@@ -53,7 +53,7 @@ def predict(model: EarlyExitModel, prompt: str, policy: StopPolicy,
 
 @torch.no_grad()
 def predict_batch(model: EarlyExitModel, prompts: Sequence[str], policy: StopPolicy,
-                  candidate_ids: Sequence[int] | None = None) -> list[ExitResult]:
+                  candidate_ids: Sequence[int] | None = None, first_check: int | None = None) -> list[ExitResult]:
     """Answer each prompt with early exit; rows leave the batch at their own exit layer.
 
     The policy's check schedule is honoured as replay scores it (`adainfer.engine.walk`): no lens before
@@ -64,6 +64,8 @@ def predict_batch(model: EarlyExitModel, prompts: Sequence[str], policy: StopPol
 
     Result `i` equals `predict(model, prompts[i], policy)`: the same answer, exit layer and
     decisions, with features within float error (padding changes the order of sums, not values).
+    `first_check` overrides the policy's schedule; `model.num_layers + 1` never checks, which runs
+    every layer through this same walk and reads one lens, at the last layer, for the answer.
     """
     if not prompts:
         return []
@@ -73,7 +75,7 @@ def predict_batch(model: EarlyExitModel, prompts: Sequence[str], policy: StopPol
     inputs = executor.prepare(batch.input_ids.to(device), batch.attention_mask.to(device),
                               position_ids=batch.position_ids.to(device))
     check_layer_inputs(inputs, len(prompts))
-    walked = walk(executor, inputs, policy, candidate_ids)
+    walked = walk(executor, inputs, policy, candidate_ids, first_check=first_check)
     return [build_result(model, walked, row, batch.lengths[row]) for row in range(len(prompts))]
 
 
