@@ -7,7 +7,7 @@ import pytest
 
 from adainfer.data.tasks import TASKS, TaskSpec, read_prompts_jsonl
 from adainfer.engine.model import EarlyExitModel
-from adainfer.eval.collect import load_collection
+from adainfer.eval.collect import CollectionFileError, load_collection
 from adainfer.eval.harness import (BASE_FEATURES, HarnessError, Setting, collect_setting, load_setting, load_task,
                               model_slug)
 
@@ -71,7 +71,7 @@ def test_a_cache_from_other_prompts_is_refused(model, task_file, tmp_path):
     collect_setting(model, Setting(str(task_file), shots=1), runs, 2, 2)
     prompts = runs / model_slug(model) / "colours" / "1shot-seed0" / "eval.prompts.jsonl"
     prompts.write_text(prompts.read_text().replace("item", "thing"))
-    with pytest.raises(HarnessError, match="other prompts"):
+    with pytest.raises(CollectionFileError, match="other prompts"):
         collect_setting(model, Setting(str(task_file), shots=1), runs, 2, 2)
 
 

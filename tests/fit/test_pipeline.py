@@ -46,7 +46,7 @@ def test_the_card_holds_replayed_test_figures_and_live_speed_at_each_batch_size(
     test = card.test
     assert test["prompts"] == 40 and 0 <= test["layers_saved"] < 1
     # Agreement recomputed from the cached test traces: the exit layer's best candidate vs the last layer's.
-    traces = load_collection(next(cache.rglob("test.jsonl")))
+    traces = load_collection(next(cache.rglob("held_out.jsonl"))).subset(slice(80, None))  # calibration first
     policy = fitted[0].policy
     exits = exit_layers(policy_decisions(policy, traces, policy.first_check_))
     agreement = np.mean(answers_at(exits, traces.cand_top1) == traces.cand_top1[:, -1])
@@ -81,8 +81,31 @@ def test_a_rerun_resumes_from_the_cached_traces(fitted, model):
     again = fit_classifier(model, examples_source("parity", parity_examples()), OPTIONS, cache, "tiny", "cmd")
     assert {path: path.read_bytes() for path in rows} == before
     assert again.card.certificate == first.card.certificate and again.card.test["accuracy"] == first.card.test["accuracy"]
-    test_rows = next(path for path in rows if path.name == "test.jsonl")
-    assert len(load_collection(test_rows)) == 40
+    assert [path.name for path in rows] == ["held_out.jsonl", "held_out.prompts.jsonl", "train.jsonl",
+                                            "train.prompts.jsonl"]
+    assert len(load_collection(next(path for path in rows if path.name == "held_out.jsonl"))) == 80 + 40
+
+
+def test_other_split_sizes_reuse_the_cache_and_collect_only_what_it_lacks(fitted, model, tmp_path):
+    """Fewer calibration prompts move where test starts: the test prompts are the cached held-out
+    prompts after the new calibration count, found in the cache, not collected again nor refused."""
+    _, cache = fitted
+    source = examples_source("parity", parity_examples())
+    copy = tmp_path / "cache"
+    for path in cache.rglob("*"):
+        if path.is_file():
+            (copy / path.relative_to(cache)).parent.mkdir(parents=True, exist_ok=True)
+            (copy / path.relative_to(cache)).write_bytes(path.read_bytes())
+    held_out = next(copy.rglob("held_out.jsonl"))
+    before = held_out.read_bytes()
+    smaller = FitOptions(shots=2, sizes=SplitSizes(30, 60, 40), timing_prompts=0, resplits=0)
+    refit = fit_classifier(model, source, smaller, copy)
+    assert held_out.read_bytes() == before  # 60 + 40 of the 120 cached: nothing collected
+    assert refit.card.split_sizes == {"train": 30, "calibration": 60, "test": 40}
+    larger = FitOptions(shots=2, sizes=SplitSizes(40, 80, 60), timing_prompts=0, resplits=0)
+    fit_classifier(model, source, larger, copy)
+    grown = load_collection(held_out)
+    assert len(grown) == 140 and held_out.read_bytes().startswith(before[:before.index(b"\n") + 1])
 
 
 def test_too_few_calibration_prompts_for_epsilon_is_refused_before_any_trace(model, tmp_path):

@@ -164,7 +164,7 @@ def test_fit_with_ray_writes_the_same_cache_and_classifier_as_without(tiny_space
         saved[name] = {path.relative_to(tmp_path / name): path.read_bytes()
                        for path in sorted((tmp_path / name).rglob("*.jsonl"))}
         saved[f"{name}-card"] = json.loads((tmp_path / f"{name}-classifier" / "card.json").read_text())
-    assert len(saved["local"]) == 6  # {train,calibration,test}.jsonl and their prompts
+    assert len(saved["local"]) == 4  # {train,held_out}.jsonl and their prompts
     assert saved["ray"] == saved["local"]
     # The same traces fit the same classifier; what differs is timed afresh (the cost profile and
     # the time it estimates) or names the command.

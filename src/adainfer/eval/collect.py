@@ -30,7 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
-from adainfer.data.tasks import LabelledPrompt
+from adainfer.data.tasks import LabelledPrompt, read_prompts_jsonl, write_prompts_jsonl
 from filelock import FileLock, Timeout
 
 from adainfer.engine.files import lock_path, write_bytes_atomic
@@ -204,6 +204,43 @@ def collect(
     except Timeout:
         raise CollectionFileError(f"another adainfer run is writing {output}; wait for it or choose another "
                                   f"output file") from None
+
+
+def collect_cached(model: EarlyExitModel, prompts: Sequence[LabelledPrompt], folder: Path, name: str,
+                   feature_names: Sequence[str], on_prompt: Callable[[int], None] | None = None,
+                   candidate_ids: Sequence[int] | None = None, row_source: RowSource | None = None) -> Collection:
+    """The traces of `prompts`, cached in `folder` as `<name>.jsonl` beside `<name>.prompts.jsonl`.
+
+    What is missing is collected (`collect`, resumed after an interrupt). A cache that another run
+    extended, with more prompts of which these are the first, is reused as it is: its rows are
+    checked against all of its prompts and only the first `len(prompts)` are returned, so a run
+    with fewer prompts than the last one neither recollects nor fails. Prompts that are neither a
+    prefix nor an extension of the cached ones raise CollectionFileError.
+    """
+    prompt_file = Path(folder) / f"{name}.prompts.jsonl"
+    cached = _cached_prompts(prompt_file, prompts)
+    if len(cached) < len(prompts):
+        write_prompts_jsonl(prompts, prompt_file)
+    rows = Path(folder) / f"{name}.jsonl"
+    known = cached if len(cached) > len(prompts) else prompts
+    collect(model, known, rows, feature_names, on_prompt=on_prompt, candidate_ids=candidate_ids,
+            collect_first=len(prompts), row_source=row_source)
+    return load_collection(rows).subset(slice(0, len(prompts)))
+
+
+def _cached_prompts(path: Path, prompts: Sequence[LabelledPrompt]) -> list[LabelledPrompt]:
+    """The prompts `path` caches; they must be a prefix of, or extend, the ones asked for now."""
+    if not path.exists():
+        return []
+    try:
+        cached = read_prompts_jsonl(path)
+    except ValueError:
+        return []  # torn by an older version's interrupted write: rewritten; the rows' hashes still check
+    shared = min(len(cached), len(prompts))
+    if cached[:shared] != list(prompts[:shared]):
+        raise CollectionFileError(f"{path} holds other prompts than this run builds now (data, code or options "
+                                  f"changed); move it away to recollect")
+    return cached
 
 
 def prompt_rows(model: EarlyExitModel, index: int, item: LabelledPrompt, feature_names: tuple[str, ...],

@@ -21,11 +21,11 @@ import numpy as np
 from filelock import FileLock
 
 from adainfer.data.tasks import (TASKS, Example, LabelledPrompt, build_prompts, load_examples, load_jsonl_task,
-                            read_prompts_jsonl, split_examples, write_prompts_jsonl)
+                                 split_examples)
 from adainfer.engine.features import CANDIDATE_FEATURES
 from adainfer.engine.files import lock_path, write_text_atomic
 from adainfer.engine.model import EarlyExitModel
-from adainfer.eval.collect import (Collection, RowSource, collect, load_collection, load_collection_npz,
+from adainfer.eval.collect import (Collection, RowSource, collect_cached, load_collection, load_collection_npz,
                                    save_collection_npz)
 
 # Everything the tables read: the paper's features, its factor study's cosines, and ours.
@@ -142,21 +142,6 @@ def task_prompts(task: TaskData, split: Literal["train", "eval"], shots: int, li
     return build_prompts(queries, task.train, shots, limit, seed if split == "eval" else seed + 1)
 
 
-def _cached_prompts(path: Path, prompts: list[LabelledPrompt]) -> list[LabelledPrompt]:
-    """The prompts `path` caches; they must be a prefix of, or extend, the ones asked for now."""
-    if not path.exists():
-        return []
-    try:
-        cached = read_prompts_jsonl(path)
-    except ValueError:
-        return []  # torn by an older version's interrupted write: rewritten; the rows' hashes still check
-    shared = min(len(cached), len(prompts))
-    if cached[:shared] != prompts[:shared]:
-        raise HarnessError(f"{path} holds other prompts than this setting builds now (data or code "
-                           f"changed); move it away to recollect")
-    return cached
-
-
 def collect_setting(
     model: EarlyExitModel,
     setting: Setting,
@@ -195,11 +180,6 @@ def _collect_split(model: EarlyExitModel, task: TaskData, setting: Setting, fold
         prompts = task_prompts(task, split, setting.shots, limit, setting.seed)
     except ValueError as error:
         raise HarnessError(f"{setting.name}: {error}") from error
-    prompt_file = folder / f"{split}.prompts.jsonl"
-    cached = _cached_prompts(prompt_file, prompts)
-    if len(cached) < len(prompts):
-        write_prompts_jsonl(prompts, prompt_file)
-    rows = folder / f"{split}.jsonl"
     done = 0
 
     def progress(_index: int) -> None:
@@ -208,12 +188,8 @@ def _collect_split(model: EarlyExitModel, task: TaskData, setting: Setting, fold
         if on_prompt is not None:
             on_prompt(split, done, len(prompts))
 
-    # A run with a larger limit may have cached more prompts: their rows are checked against them.
-    known = cached if len(cached) > len(prompts) else prompts
-    collect(model, known, rows, features, on_prompt=progress, candidate_ids=candidates, collect_first=len(prompts),
-            row_source=row_source)
-    collection = load_collection(rows)
-    return collection.subset(slice(0, len(prompts)))
+    # A run with a larger limit may have cached more prompts: only the first `limit` are used.
+    return collect_cached(model, prompts, folder, split, features, progress, candidates, row_source)
 
 
 def _write_setting_json(data: SettingData, folder: Path, choices: Sequence[str] | None = None) -> None:

@@ -25,11 +25,11 @@ from pathlib import Path
 import numpy as np
 from filelock import FileLock
 
-from adainfer.data.tasks import Example, split_examples, write_prompts_jsonl
+from adainfer.data.tasks import Example, split_examples
 from adainfer.engine.cost_profile import measure_cost_profile
 from adainfer.engine.files import lock_path
 from adainfer.engine.model import EarlyExitModel
-from adainfer.eval.collect import Collection, RowSource, collect, load_collection
+from adainfer.eval.collect import Collection, RowSource, collect_cached
 from adainfer.eval.harness import load_task, model_slug
 from adainfer.eval.replay import evaluate_policy, fit_on, policy_decisions
 from adainfer.fit.answer_set import AnswerSet, detect_answer_set
@@ -120,25 +120,31 @@ def _collect_splits(model: EarlyExitModel, splits: FitSplits, folder: Path, feat
                     answers: AnswerSet | None, progress: Progress | None,
                     row_source: RowSource | None) -> dict[str, Collection]:
     """Full-depth traces of each split under `folder`, resumed where an earlier run stopped;
-    `row_source` computes them elsewhere (Ray workers), this process still writing every row."""
+    `row_source` computes them elsewhere (Ray workers), this process still writing every row.
+
+    Two cache files, each a prefix of what a fit with larger splits would collect: `train`, and
+    `held_out` (calibration, then test: one seeded order of the evaluation pool, cut where
+    calibration ends). A fit with other split sizes therefore reuses what is cached and collects
+    only what it lacks, instead of finding test prompts that moved.
+    """
     folder.mkdir(parents=True, exist_ok=True)
-    collections = {}
+    candidates = answers.token_ids if answers else None
     with FileLock(lock_path(folder)):
-        for split in SPLITS:
-            prompts = splits.prompts(split)
-            write_prompts_jsonl(prompts, folder / f"{split}.prompts.jsonl")
+        cached = {}
+        for name, prompts in (("train", splits.prompts("train")),
+                              ("held_out", splits.prompts("calibration") + splits.prompts("test"))):
             done = 0
 
-            def advance(_index: int, split: str = split, total: int = len(prompts)) -> None:
+            def advance(_index: int, name: str = name, total: int = len(prompts)) -> None:
                 nonlocal done
                 done += 1
                 if progress is not None:
-                    progress(f"traces: {split}", done, total)
+                    progress(f"traces: {name.replace('_', '-')}", done, total)
 
-            collect(model, prompts, folder / f"{split}.jsonl", features, on_prompt=advance,
-                    candidate_ids=answers.token_ids if answers else None, row_source=row_source)
-            collections[split] = load_collection(folder / f"{split}.jsonl")
-    return collections
+            cached[name] = collect_cached(model, prompts, folder, name, features, advance, candidates, row_source)
+    calibration_count = len(splits.calibration)
+    return {"train": cached["train"], "calibration": cached["held_out"].subset(slice(0, calibration_count)),
+            "test": cached["held_out"].subset(slice(calibration_count, None))}
 
 
 def _cache_folder(cache_dir: Path, model: EarlyExitModel, source: TaskSource, splits: FitSplits,
