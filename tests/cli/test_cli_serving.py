@@ -25,6 +25,7 @@ def test_a_policy_directory_that_is_not_a_fitted_classifier_is_refused(tmp_path,
     (("--replicas", 2), ("--address and --replicas", "add --ray")),
     (("--address", "auto"), ("add --ray",)),
     (("--ray", "--replicas", 0), ("--replicas must be at least 1",)),
+    (("--ray", "--port", 0), ("--ray needs a fixed --port",)),
 ])
 def test_ray_options_that_cannot_run_are_refused_before_the_model_loads(tmp_path, args, keywords):
     assert_clean_error(invoke("serve", "-p", tmp_path, *args, "--model", tmp_path / "never-loaded"), *keywords)

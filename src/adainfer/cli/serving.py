@@ -45,6 +45,8 @@ def serve(
     if not 0 <= port <= 65535:
         raise ValueError(f"--port must be in 0..65535, got {port}")
     check_ray_options(ray, address, replicas, "--replicas")
+    if ray and port == 0:
+        raise ValueError("--ray needs a fixed --port: Ray Serve's proxy cannot pick one")
     serving = ray_module("serving") if ray else None  # a missing extra fails before the model loads
     if ray and address is None:
         _check_local_room(host, port, (replicas or 1) * (threads or 1))
