@@ -39,7 +39,7 @@ import httpx
 import torch
 from prometheus_client.parser import text_string_to_metric_families
 
-from adainfer.fit.card import read_card
+from adainfer.fit.card import ClassifierCard, read_card
 from adainfer.fit.pipeline import task_source
 
 MODES = {"early_exit": [], "dense": ["--dense"]}
@@ -112,6 +112,22 @@ async def load(url: str, texts: list[str], concurrency: int) -> tuple[float, lis
         return time.perf_counter() - started, latencies, labels
 
 
+def classifier_inputs(policy: str, requests: int, data_dir: str | None) -> tuple[ClassifierCard, list[str]]:
+    """The classifier's card and the first `requests` raw inputs of its task's held-out pool."""
+    card = read_card(Path(policy))
+    pool = task_source(card.task, Path(data_dir) if data_dir else None).eval_pool
+    return card, [example.input for example in pool[:requests]]
+
+
+def write_report(report: dict, out: str, markdown_text: str) -> None:
+    """The report as JSON at `out` and as Markdown beside it, and the Markdown on stdout."""
+    path = Path(out)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(report, indent=1) + "\n")
+    path.with_suffix(".md").write_text(markdown_text)
+    print(markdown_text)
+
+
 def percentile(values: list[float], fraction: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, round(fraction * (len(ordered) - 1)))]
@@ -172,9 +188,7 @@ def main() -> None:
     if args.requests < 1 or not levels or min(levels) < 1:
         parser.error("--requests and every --concurrency must be >= 1")
 
-    card = read_card(Path(args.policy))
-    texts = [example.input for example in task_source(card.task, Path(args.data_dir) if args.data_dir else None
-                                                      ).eval_pool[:args.requests]]
+    card, texts = classifier_inputs(args.policy, args.requests, args.data_dir)
     common = ["-p", args.policy, "-m", args.model, "--max-batch-size", str(args.max_batch_size),
               "--max-wait-ms", str(args.max_wait_ms), *(["--threads", str(args.threads)] if args.threads else [])]
     load_start = round(os.getloadavg()[0], 2)
@@ -209,11 +223,7 @@ def main() -> None:
         "server_exit_codes": exit_codes,
         "levels": results,
     }
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=1) + "\n")
-    out.with_suffix(".md").write_text(markdown(report))
-    print(markdown(report))
+    write_report(report, args.out, markdown(report))
 
 
 if __name__ == "__main__":

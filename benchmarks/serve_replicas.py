@@ -22,19 +22,15 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import os
 import platform
 import shlex
 import statistics
 import sys
-from pathlib import Path
 
 import torch
 
-from adainfer.fit.card import read_card
-from adainfer.fit.pipeline import task_source
-from serve_load import Server, load, percentile
+from serve_load import Server, classifier_inputs, load, percentile, write_report
 
 
 def parse_configs(text: str) -> list[tuple[int, int]]:
@@ -138,9 +134,7 @@ def main() -> None:
     if args.requests < 1 or args.rounds < 1 or not levels or min(levels) < 1:
         parser.error("--requests, --rounds and every --concurrency must be >= 1")
 
-    card = read_card(Path(args.policy))
-    texts = [example.input for example in task_source(card.task, Path(args.data_dir) if args.data_dir else None
-                                                      ).eval_pool[:args.requests]]
+    card, texts = classifier_inputs(args.policy, args.requests, args.data_dir)
     common = ["-p", args.policy, "-m", args.model, "--max-batch-size", str(args.max_batch_size),
               "--max-wait-ms", str(args.max_wait_ms)]
     load_start = round(os.getloadavg()[0], 2)
@@ -162,11 +156,7 @@ def main() -> None:
                                               for c, f in value["levels"].items()}}
                              for key, value in measured.items()} for measured in rounds],
     }
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=1) + "\n")
-    out.with_suffix(".md").write_text(markdown(report))
-    print(markdown(report))
+    write_report(report, args.out, markdown(report))
 
 
 if __name__ == "__main__":

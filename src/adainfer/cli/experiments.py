@@ -16,8 +16,7 @@ import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from adainfer.cli.common import CacheOption, ModelOption, clean_errors, command_line, err, open_model, parse_ints
-from adainfer.cli.scaling import (AddressOption, RayOption, WorkersOption, absolute, check_ray_options, ray_connection,
-                                  ray_module, worker_source)
+from adainfer.cli.scaling import AddressOption, RayOption, WorkersOption, check_ray_options, ray_connection, ray_rows
 from adainfer.data.tasks import TASKS, write_prompts_jsonl
 from adainfer.engine.cost_profile import CostProfile
 from adainfer.engine.model import EarlyExitModel
@@ -80,10 +79,7 @@ def eval_command(
         if ray:  # before the model loads: a missing extra or a wrong address fails at once
             ray_connection(stack, address, workers)
         exit_model = open_model(model, cache_dir)
-        row_source = None
-        if ray:
-            row_source = ray_module("collect").RayRows(worker_source(model), absolute(cache_dir),
-                                                       exit_model.identity(), workers)
+        row_source = ray_rows(model, cache_dir, exit_model, workers) if ray else None
         collected = _collect_grid(exit_model, grid, runs, train_limit, limit, data_dir, row_source)
     out = out or Path("results") / model_slug(exit_model)
     written = write_report(collected, out, command_line(context))

@@ -11,8 +11,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from adainfer.cli.common import CacheOption, ModelOption, clean_errors, command_line, err, open_model, parse_choices, parse_ints
 from adainfer.cli.experiments import DEFAULT_RUNS
-from adainfer.cli.scaling import (AddressOption, RayOption, WorkersOption, absolute, check_ray_options, ray_connection,
-                                  ray_module, worker_source)
+from adainfer.cli.scaling import AddressOption, RayOption, WorkersOption, check_ray_options, ray_connection, ray_rows
 from adainfer.data.tasks import TASKS
 from adainfer.engine.loading import DEFAULT_MODEL
 from adainfer.fit.card import summary_lines
@@ -60,10 +59,7 @@ def fit(
             ray_connection(stack, address, workers)
         exit_model = open_model(model, cache_dir)
         plan = plan_fit(exit_model, source, options)
-        row_source = None
-        if ray:
-            row_source = ray_module("collect").RayRows(worker_source(model), absolute(cache_dir),
-                                                       exit_model.identity(), workers)
+        row_source = ray_rows(model, cache_dir, exit_model, workers) if ray else None
         columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
         with Progress(*columns, console=err) as progress:
             bar = progress.add_task("", total=None)

@@ -17,6 +17,8 @@ import typer
 
 from adainfer.cli.common import err
 from adainfer.engine.loading import EMBEDDED_MODELS
+from adainfer.engine.model import EarlyExitModel
+from adainfer.eval.collect import RowSource
 
 RayOption = Annotated[bool, typer.Option("--ray", help="Run on Ray (a local cluster started here, or --address). Needs the ray extra: pip install -e \".\\[ray]\".")]
 AddressOption = Annotated[str | None, typer.Option(help="With --ray: the cluster to run on (ray://HOST:10001, or auto for the one this machine belongs to). Default: start a local one.")]
@@ -48,6 +50,12 @@ def ray_connection(stack: contextlib.ExitStack, address: str | None, cpus: int |
     collect = ray_module("collect")
     with err.status("starting Ray" if address is None else f"connecting to Ray at {address}"):
         stack.enter_context(collect.connected(address, cpus))
+
+
+def ray_rows(model: str | None, cache_dir: Path | None, exit_model: EarlyExitModel, workers: int | None) -> RowSource:
+    """The row source that traces prompts on Ray workers loading the model the verb was given
+    (`--model`, `--cache-dir`), checked against the driver's copy, `exit_model`."""
+    return ray_module("collect").RayRows(worker_source(model), absolute(cache_dir), exit_model.identity(), workers)
 
 
 def worker_source(model: str | None) -> str | None:

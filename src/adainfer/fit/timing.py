@@ -16,6 +16,7 @@ import statistics
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
+from typing import TypeVar
 
 import torch
 
@@ -23,6 +24,8 @@ from adainfer.engine.model import EarlyExitModel
 from adainfer.inference.dense import dense_logits
 from adainfer.inference.predict import ExitResult, predict_batch
 from adainfer.policies.base import StopPolicy
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -43,14 +46,15 @@ class SpeedFigure:
         return {key: round(value, 4) if isinstance(value, float) else value for key, value in asdict(self).items()}
 
 
-def _timed(run: Callable[[], object], device: torch.device) -> float:
+def _timed(run: Callable[[], T], device: torch.device) -> tuple[float, T]:
+    """Wall seconds of `run()` (the device synchronised around it), and what it returned."""
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     started = time.perf_counter()
-    run()
+    result = run()
     if device.type == "cuda":
         torch.cuda.synchronize(device)
-    return time.perf_counter() - started
+    return time.perf_counter() - started, result
 
 
 def measure_speedup(model: EarlyExitModel, prompts: Sequence[str], policy: StopPolicy,
@@ -79,10 +83,10 @@ def measure_speedup(model: EarlyExitModel, prompts: Sequence[str], policy: StopP
     order = list(passes)
     for index, batch in enumerate(batches):
         for name in order[index % 3:] + order[:index % 3]:
-            answered: list = []
-            seconds[name].append(_timed(lambda: answered.append(passes[name](batch)), device))
+            spent, answered = _timed(lambda: passes[name](batch), device)
+            seconds[name].append(spent)
             if name == "early_exit":
-                results.extend(answered[0])
+                results.extend(answered)
         if on_batch is not None:
             on_batch()
     dense, full_depth, early = (sum(seconds[name]) for name in ("dense", "full_depth", "early_exit"))
