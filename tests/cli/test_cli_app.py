@@ -13,7 +13,9 @@ from transformers import PhiConfig, PhiForCausalLM
 from adainfer.data.tasks import read_prompts_jsonl
 from adainfer.engine.model import EarlyExitModel
 from adainfer.eval.collect import load_collection
-from adainfer.eval.harness import Setting, collect_setting, load_task, model_slug
+from adainfer.data.task_data import load_task
+from adainfer.engine.model import model_slug
+from adainfer.eval.harness import Setting, collect_setting
 from adainfer.policies.crf import CRFPolicy
 from adainfer.policies.svm import SVMPolicy
 from adainfer.testing.tiny_models import char_tokenizer, tiny_model

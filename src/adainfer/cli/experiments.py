@@ -22,8 +22,10 @@ from adainfer.engine.cost_profile import CostProfile
 from adainfer.engine.model import EarlyExitModel
 from adainfer.eval.collect import RowSource
 from adainfer.eval.experiments import model_transfer_rows
+from adainfer.data.task_data import load_task
+from adainfer.engine.model import model_slug
 from adainfer.eval.harness import (HarnessError, Setting, SettingData, check_settings, collect_setting, export_setting,
-                                   load_setting, load_task, model_slug, settings_grid, task_prompts)
+                                   load_setting, settings_grid, task_prompts)
 from adainfer.eval.report import write_model_transfer, write_report
 
 DEFAULT_RUNS = Path("runs/cache")
