@@ -130,6 +130,13 @@ def test_collect_writes_every_prompt(llama_rows, tiny_llama_dir):
     assert (collection.gold == SPACE).all()
 
 
+def test_collect_into_a_log_reports_progress_in_plain_lines(prompts_file, tiny_llama_dir, work):
+    result = ok("collect", prompts_file, "--out", work / "logged-rows.jsonl", *_model_args(tiny_llama_dir, work))
+    lines = stderr(result).splitlines()  # CliRunner's stderr is not a terminal, as a log file is not
+    assert lines[0].startswith("collecting: 1/20 (5 %), ") and ", ETA " in lines[0], lines
+    assert any(line.startswith("collecting: 20/20 (100 %), ") and "/s, done in " in line for line in lines), lines
+
+
 def test_collect_rerun_resumes_and_adds_nothing(llama_rows, prompts_file, tiny_llama_dir, work):
     before = llama_rows.read_text()
     result = ok("collect", prompts_file, "--out", llama_rows, *_model_args(tiny_llama_dir, work))

@@ -13,9 +13,9 @@ from pathlib import Path
 from typing import Annotated, Literal
 
 import typer
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from adainfer.cli.common import CacheOption, ModelOption, clean_errors, command_line, err, open_model, parse_ints
+from adainfer.cli.progress import progress_bar
 from adainfer.cli.scaling import AddressOption, RayOption, WorkersOption, check_ray_options, ray_connection, ray_rows
 from adainfer.data.tasks import TASKS, write_prompts_jsonl
 from adainfer.engine.cost_profile import CostProfile
@@ -93,8 +93,7 @@ def _collect_grid(exit_model: EarlyExitModel, grid: list[Setting], runs: Path, t
                   data_dir: Path | None, row_source: RowSource | None) -> list[SettingData]:
     """`collect_setting` for every setting of the grid, under one progress bar."""
     collected = []
-    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
-    with Progress(*columns, console=err) as progress:
+    with progress_bar(err) as progress:
         bar = progress.add_task("", total=None)
         for number, setting in enumerate(grid, start=1):
             def on_prompt(split: str, done: int, total: int, name: str = setting.name, number: int = number) -> None:

@@ -7,10 +7,10 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from adainfer.cli.common import CacheOption, ModelOption, clean_errors, command_line, err, open_model, parse_choices, parse_ints
 from adainfer.cli.experiments import DEFAULT_RUNS
+from adainfer.cli.progress import progress_bar
 from adainfer.cli.scaling import AddressOption, RayOption, WorkersOption, check_ray_options, ray_connection, ray_rows
 from adainfer.data.tasks import TASKS
 from adainfer.engine.loading import DEFAULT_MODEL
@@ -60,8 +60,7 @@ def fit(
         exit_model = open_model(model, cache_dir)
         plan = plan_fit(exit_model, source, options)
         row_source = ray_rows(model, cache_dir, exit_model, workers) if ray else None
-        columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
-        with Progress(*columns, console=err) as progress:
+        with progress_bar(err) as progress:
             bar = progress.add_task("", total=None)
 
             def report(stage: str, done: int, total: int) -> None:

@@ -8,10 +8,10 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
-from rich.progress import Progress
 from rich.table import Table
 
 from adainfer.cli.common import CacheOption, ModelOption, clean_errors, err, open_model
+from adainfer.cli.progress import progress_bar
 from adainfer.engine.cost_profile import measure_cost_profile
 from adainfer.engine.files import write_text_atomic
 from adainfer.engine.loading import cache_root
@@ -60,7 +60,7 @@ def profile(
     except ValueError:
         raise ValueError(f"--seq-lens must be comma-separated integers, got {seq_lens!r}") from None
     exit_model = open_model(model, cache_dir)
-    with Progress(console=err, transient=True) as progress:
+    with progress_bar(err, transient=True) as progress:
         bar = progress.add_task("timing", total=len(lengths))
         measured = measure_cost_profile(exit_model, lengths, repeats, on_seq_len=lambda _: progress.advance(bar))
     layers = measured.num_layers
@@ -88,7 +88,7 @@ def _task_payoff(task: str, shots: int, sample: int, repeats: int, out: Path | N
         raise ValueError(f"--sample and --repeats must be at least 1, got {sample} and {repeats}")
     source = task_source(task, data_dir)
     exit_model = open_model(model, cache_dir)
-    with Progress(console=err, transient=True) as progress:
+    with progress_bar(err, transient=True) as progress:
         bar = progress.add_task("oracle exits", total=sample)
         payoff = measure_payoff(exit_model, source.name, source.train_pool, source.eval_pool, source.choices, shots,
                                 sample, repeats=repeats, on_prompt=lambda done, total: progress.update(

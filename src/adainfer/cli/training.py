@@ -8,10 +8,10 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.progress import Progress
 
 from adainfer.cli.common import (CacheOption, ModelOption, check_prompts, clean_errors, err, open_model, parse_choices,
                                  parse_features)
+from adainfer.cli.progress import progress_bar
 from adainfer.data.tasks import read_prompts_jsonl
 from adainfer.engine.features import PAPER_FEATURES
 from adainfer.eval.collect import collect as collect_rows
@@ -42,7 +42,7 @@ def collect(
     exit_model = open_model(model, cache_dir)
     check_prompts(exit_model, items, prompts_file)
     candidates = exit_model.candidate_tokens(answers) if answers else None
-    with Progress(console=err) as progress:
+    with progress_bar(err) as progress:
         bar = progress.add_task("collecting", total=len(items))
         added = collect_rows(exit_model, items, out, names, on_prompt=lambda _: progress.advance(bar),
                              candidate_ids=candidates)
