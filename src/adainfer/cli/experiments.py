@@ -14,7 +14,8 @@ from typing import Annotated, Literal
 
 import typer
 
-from adainfer.cli.common import CacheOption, ModelOption, clean_errors, command_line, err, open_model, parse_ints
+from adainfer.cli.common import (CacheOption, DataDirOption, ModelOption, clean_errors, command_line, err,
+                                 open_model, parse_ints)
 from adainfer.cli.progress import progress_bar
 from adainfer.cli.scaling import AddressOption, RayOption, WorkersOption, check_ray_options, ray_connection, ray_rows
 from adainfer.data.tasks import TASKS, write_prompts_jsonl
@@ -39,7 +40,7 @@ def prompts(
     shots: Annotated[int, typer.Option(help="Demonstrations per prompt, always drawn from the task's train split.")] = 5,
     limit: Annotated[int | None, typer.Option(help="Number of prompts (a seeded sample).")] = None,
     seed: Annotated[int, typer.Option(help="The seed of an `adainfer eval` setting: --split eval and --split train then write exactly that setting's eval and train prompts (train draws with seed + 1). Use the same seed for both splits.")] = 0,
-    data_dir: Annotated[Path | None, typer.Option(help="Datasets folder. Default: $ADAINFER_DATA or ../shared/data.")] = None,
+    data_dir: DataDirOption = None,
 ) -> None:
     """Write zero- or few-shot prompts `Q: x\\nA:` with their gold answers, as `adainfer eval` builds them."""
     written = task_prompts(load_task(task, data_dir), split, shots, limit, seed)
@@ -57,7 +58,7 @@ def eval_command(
     seed: Annotated[int, typer.Option(help="Seed of the prompt sample and demonstrations.")] = 0,
     runs: Annotated[Path, typer.Option(help="Cache of collected per-layer traces; reruns resume from it.")] = DEFAULT_RUNS,
     out: Annotated[Path | None, typer.Option(help="Where tables and figures go. Default: results/<model folder name>.")] = None,
-    data_dir: Annotated[Path | None, typer.Option(help="Datasets folder. Default: $ADAINFER_DATA or ../shared/data.")] = None,
+    data_dir: DataDirOption = None,
     model: ModelOption = None,
     cache_dir: CacheOption = None,
     ray: RayOption = False,
@@ -74,7 +75,7 @@ def eval_command(
             raise ValueError(f"unknown task {name!r}; known: {', '.join(TASKS)}, or a .jsonl file")
         if name.endswith(".jsonl") and not Path(name).is_file():
             raise ValueError(f"task file {name} does not exist")
-    grid = settings_grid(task_names, parse_ints(shots), seed)
+    grid = settings_grid(task_names, parse_ints(shots, "--shots"), seed)
     check_settings(grid, train_limit, limit, data_dir)
     started = time.perf_counter()
     with contextlib.ExitStack() as stack:
@@ -162,7 +163,7 @@ def _setting_folders(runs: Path, tasks: str | None, shots: str | None = None) ->
         wanted = {name.strip() for name in tasks.split(",")}
         folders = [folder for folder in folders if folder.parent.name in wanted]
     if shots:
-        wanted_shots = set(parse_ints(shots))
+        wanted_shots = set(parse_ints(shots, "--shots"))
         folders = [folder for folder in folders
                    if json.loads((folder / "setting.json").read_text())["shots"] in wanted_shots]
     if not folders:

@@ -10,7 +10,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from adainfer.cli.common import CacheOption, ModelOption, clean_errors, err, open_model
+from adainfer.cli.common import CacheOption, DataDirOption, ModelOption, clean_errors, err, open_model, parse_ints
 from adainfer.cli.progress import progress_bar
 from adainfer.engine.cost_profile import measure_cost_profile
 from adainfer.engine.files import write_text_atomic
@@ -47,7 +47,7 @@ def profile(
     task: Annotated[str | None, typer.Option(help="A built-in task or .jsonl file: will early exit pay on it? (times at its prompt length, the stable-answer oracle on a sample, the best reachable speedup, a verdict)")] = None,
     shots: Annotated[int, typer.Option(help="With --task: fixed demonstrations per prompt, as `adainfer fit` builds them.")] = 5,
     sample: Annotated[int, typer.Option(help="With --task: prompts whose oracle exit is measured.")] = 32,
-    data_dir: Annotated[Path | None, typer.Option(help="Datasets folder. Default: $ADAINFER_DATA or ../shared/data.")] = None,
+    data_dir: DataDirOption = None,
     model: ModelOption = None,
     cache_dir: CacheOption = None,
 ) -> None:
@@ -55,10 +55,7 @@ def profile(
     length; with --task, say whether early exit can pay on it."""
     if task is not None:
         return _task_payoff(task, shots, sample, repeats, out, data_dir, model, cache_dir)
-    try:
-        lengths = [int(part) for part in seq_lens.split(",") if part.strip()]
-    except ValueError:
-        raise ValueError(f"--seq-lens must be comma-separated integers, got {seq_lens!r}") from None
+    lengths = parse_ints(seq_lens, "--seq-lens")
     exit_model = open_model(model, cache_dir)
     with progress_bar(err, transient=True) as progress:
         bar = progress.add_task("timing", total=len(lengths))

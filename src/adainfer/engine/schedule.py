@@ -40,7 +40,7 @@ def check_first_check(first_check: int, num_layers: int, allow_never: bool = Tru
         raise ValueError(f"first_check must be an integer, got {first_check!r}")
     if 1 <= first_check <= num_layers - 1 or (allow_never and first_check == num_layers + 1):
         return int(first_check)
-    never = f" (or {num_layers + 1}: never check)" if allow_never else f" (layer {num_layers} is the last: exiting there saves nothing)"
+    never = f" (or {num_layers + 1}: never check)" if allow_never else f" (layer {num_layers} is the last: no early exit is possible there)"
     raise ValueError(f"first_check must be in 1..{num_layers - 1}{never}, got {first_check}")
 
 
