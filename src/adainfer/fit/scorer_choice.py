@@ -34,7 +34,7 @@ SCORERS: dict[str, Callable[[tuple[str, ...], int], CalibratedScorer]] = {
 }
 LEVELS = 200  # threshold levels per fold, as `threshold_grid`'s default size
 FOLDS = 4
-SEED = 0
+REPEATS = 2  # fold assignments, by seeds 0..REPEATS-1: the choice should not hinge on one split into folds
 
 
 @dataclass(frozen=True)
@@ -84,7 +84,7 @@ def schedule_candidates(num_layers: int, cheapest: int, step: int = 3) -> list[i
 
 
 def out_of_fold(make: Callable[[], CalibratedScorer], X: np.ndarray, reference: np.ndarray,
-                folds: int = FOLDS, seed: int = SEED) -> tuple[np.ndarray, np.ndarray] | None:
+                folds: int = FOLDS, seed: int = 0) -> tuple[np.ndarray, np.ndarray] | None:
     """Per threshold level (most cautious first) and train prompt: exit layer and whether the answer
     changed, each prompt scored by the fold model that did not see it. None when a fold cannot fit
     (its labels hold one class under this schedule)."""
@@ -125,11 +125,12 @@ def choose_scorer(X: np.ndarray, reference: np.ndarray, features: Sequence[str],
     candidates = []
     for name in scorers:
         for first_check in sorted(set(first_checks)):
-            result = out_of_fold(lambda: SCORERS[name](tuple(features), first_check), X, reference,
-                                 min(folds, len(X)))
-            if result is None:
+            results = [out_of_fold(lambda: SCORERS[name](tuple(features), first_check), X, reference,
+                                   min(folds, len(X)), seed) for seed in range(REPEATS)]
+            if any(result is None for result in results):
                 continue
-            exits, changed = result
+            exits = np.concatenate([result[0] for result in results], axis=1)  # every prompt once per repeat
+            changed = np.concatenate([result[1] for result in results], axis=1)
             risk = changed.mean(axis=1)
             level = simulate_certificate(risk, calibration_prompts, epsilon, delta)
             chosen = exits[level] if level >= 0 else np.full(len(X), layers)
@@ -146,7 +147,7 @@ def choose_scorer(X: np.ndarray, reference: np.ndarray, features: Sequence[str],
     reason = (f"{best.scorer} from layer {best.first_check} would save {100 * best.time_saved:.1f} % of the time "
               f"({100 * best.layers_saved:.1f} % of layers, oracle {100 * oracle:.1f} %) at an out-of-fold "
               f"disagreement of {100 * best.disagreement:.1f} %, certified as with {calibration_prompts} calibration "
-              f"prompts ({folds}-fold cross-validation on the train split)"
+              f"prompts ({REPEATS} x {folds}-fold cross-validation on the train split)"
               + (f"; next best {runner.scorer} from layer {runner.first_check}: {100 * runner.time_saved:.1f} %"
                  if runner else ""))
     return ScorerChoice(best.scorer, best.first_check, candidates, folds, reason)
