@@ -16,7 +16,9 @@ from adainfer.cli.scaling import AddressOption, RayOption, WorkersOption, check_
 from adainfer.data.tasks import TASKS
 from adainfer.engine.loading import DEFAULT_MODEL
 from adainfer.fit.card import summary_lines
+from adainfer.fit.payoff import calibration_warning
 from adainfer.fit.pipeline import FitOptions, fit_classifier, plan_fit, task_source
+from adainfer.fit.scorer_choice import SCORERS
 from adainfer.fit.splits import SplitSizes
 from adainfer.policies.base import CONFIG_NAME
 
@@ -37,6 +39,8 @@ def fit(
     timing_prompts: Annotated[int, typer.Option(help="Test prompts timed live against the model's forward (0: none).")] = 64,
     batch_sizes: Annotated[str, typer.Option(help="Comma-separated batch sizes to time at.")] = "1,16",
     resplits: Annotated[int, typer.Option(help="Random calibration/test re-splits that check the guarantee (0: none).")] = 100,
+    scorers: Annotated[str, typer.Option(help="Comma-separated scorers cross-validation on the train split chooses "
+                                         f"from ({', '.join(SCORERS)}); one name: that scorer.")] = ",".join(SCORERS),
     runs: Annotated[Path, typer.Option(help="Cache of collected traces; a rerun resumes from it.")] = DEFAULT_RUNS,
     data_dir: DataDirOption = None,
     model: ModelOption = None,
@@ -50,7 +54,8 @@ def fit(
         raise ValueError(f"{out} exists and is not a policy directory; choose another --out")
     options = FitOptions(shots=shots, epsilon=epsilon, delta=delta, sizes=SplitSizes(train, calibration, test),
                          seed=seed, choices=tuple(parse_choices(choices)) if choices else None,
-                         timing_prompts=timing_prompts, batch_sizes=tuple(parse_ints(batch_sizes, "--batch-sizes")), resplits=resplits)
+                         timing_prompts=timing_prompts, batch_sizes=tuple(parse_ints(batch_sizes, "--batch-sizes")), resplits=resplits,
+                         scorers=tuple(name.strip() for name in scorers.split(",") if name.strip()))
     check_ray_options(ray, address, workers)
     if task.endswith(".jsonl") and not Path(task).is_file():
         raise ValueError(f"task file {task} does not exist")
@@ -60,6 +65,9 @@ def fit(
             ray_connection(stack, address, workers)
         exit_model = open_model(model, cache_dir)
         plan = plan_fit(exit_model, source, options)
+        warning = calibration_warning(len(plan.splits.calibration), options.epsilon, options.delta)
+        if warning:
+            err.print(f"warning: {warning}", highlight=False, soft_wrap=True)
         row_source = ray_rows(model, cache_dir, exit_model, workers) if ray else None
         with progress_bar(err) as progress:
             bar = progress.add_task("", total=None)

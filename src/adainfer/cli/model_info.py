@@ -93,6 +93,8 @@ def _task_payoff(task: str, shots: int, sample: int, repeats: int, out: Path | N
     text = json.dumps(payoff.to_dict(), indent=2)
     typer.echo(text)
     err.print(payoff.verdict, highlight=False, soft_wrap=True)
+    if payoff.calibration_warning:
+        err.print(f"warning: {payoff.calibration_warning}", highlight=False, soft_wrap=True)
     if out:
         write_text_atomic(out, text + "\n")
         err.print(f"wrote {out}")
