@@ -2,10 +2,10 @@
 
 uvicorn's defaults let a client hold a connection without end: its fast parser (httptools) takes
 headers of any size, and nothing times out a request whose headers never finish (a slowloris
-sends one header line every few seconds). So `adainfer serve` runs uvicorn with h11, whose
-parser refuses a request line + headers over `max_header_bytes` (400), under `HeaderDeadline`,
-which closes a connection whose headers are not complete `header_timeout_s` seconds after
-their first byte, with at most `max_connections` connections and requests at once (beyond it,
+sends one header line every few seconds). So `adainfer serve` runs uvicorn's h11 protocol as
+`HeaderDeadline`, which refuses a request line + headers over `max_header_bytes` (400; h11's own
+limit only counts a head that arrives in pieces) and closes a connection whose headers are not
+complete `header_timeout_s` seconds after their first byte, with at most `max_connections` connections and requests at once (beyond it,
 503), and with idle keep-alive connections closed after `keep_alive_s`. The body's own limits
 (size, read time) are the app's (`limits.BodyLimit`), so they hold behind any proxy too.
 """
@@ -44,18 +44,27 @@ class HeaderDeadline(H11Protocol):
     request). Once the headers are in, the body has its own deadline (`BodyLimit`)."""
 
     header_timeout: float = ConnectionLimits.header_timeout_s
+    max_header_bytes: int = ConnectionLimits.max_header_bytes
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
         self._header_timer: asyncio.TimerHandle | None = self.loop.call_later(self.header_timeout, self._too_slow)
+        self._head = b""  # the bytes of the request head read so far (at most max_header_bytes + one read)
 
     def data_received(self, data: bytes) -> None:
-        waiting = self.conn.their_state is h11.IDLE  # no complete request line + headers yet
-        if waiting and self._header_timer is None:
-            self._header_timer = self.loop.call_later(self.header_timeout, self._too_slow)
+        if self.conn.their_state is h11.IDLE:  # no complete request line + headers yet
+            if self._header_timer is None:
+                self._header_timer = self.loop.call_later(self.header_timeout, self._too_slow)
+            self._head += data
+            end = self._head.find(b"\r\n\r\n")
+            if (end + 4 if end >= 0 else len(self._head)) > self.max_header_bytes:
+                self._cancel_header_timer()
+                self.send_400_response(f"Request line and headers over {self.max_header_bytes} bytes.")
+                return
         super().data_received(data)
         if self.conn.their_state is not h11.IDLE:
             self._cancel_header_timer()
+            self._head = b""
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._cancel_header_timer()
@@ -75,7 +84,8 @@ class HeaderDeadline(H11Protocol):
 def server_config(app: Any, host: str, port: int, limits: ConnectionLimits = ConnectionLimits(),
                   log_level: str = "info") -> uvicorn.Config:
     """The uvicorn configuration `adainfer serve` runs `app` with, enforcing `limits`."""
-    protocol = type("HeaderDeadlineProtocol", (HeaderDeadline,), {"header_timeout": limits.header_timeout_s})
+    protocol = type("HeaderDeadlineProtocol", (HeaderDeadline,), {"header_timeout": limits.header_timeout_s,
+                                                                   "max_header_bytes": limits.max_header_bytes})
     return uvicorn.Config(app, host=host, port=port, log_level=log_level, http=protocol,
                           h11_max_incomplete_event_size=limits.max_header_bytes,
                           limit_concurrency=limits.max_connections, timeout_keep_alive=limits.keep_alive_s,
