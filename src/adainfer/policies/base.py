@@ -36,7 +36,7 @@ import numpy as np
 from filelock import FileLock
 from sklearn.base import BaseEstimator
 
-from adainfer.engine.files import lock_path
+from adainfer.engine.files import check_output_directory, lock_path
 from adainfer.engine.schedule import policy_first_check
 from adainfer.policies.decisions import first_accepted_layer
 
@@ -156,9 +156,7 @@ class StopPolicy(BaseEstimator):
         if not isinstance(model_identity, dict):
             raise ValueError(f"model_identity must be a dict; got {type(model_identity).__name__}")
         directory = Path(directory)
-        if directory.exists() and (not directory.is_dir()
-                                   or (any(directory.iterdir()) and not (directory / CONFIG_NAME).is_file())):
-            raise ValueError(f"{directory} exists and is not a policy directory; choose another --out")
+        check_output_directory(directory, CONFIG_NAME)
         config = {
             "kind": self.kind,
             "params": self.get_params(deep=False),
