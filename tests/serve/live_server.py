@@ -26,7 +26,7 @@ def running(app, limits: ConnectionLimits = ConnectionLimits()) -> Iterator[str]
     """Serve `app` with uvicorn as `adainfer serve` configures it (`limits`), on a thread of this
     process; yields its base URL, stops it after."""
     sock = free_socket()
-    server = uvicorn.Server(server_config(app, "127.0.0.1", 0, limits, log_level="warning"))
+    server = uvicorn.Server(server_config(app, "127.0.0.1", 0, limits=limits, log_level="warning"))
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
     deadline = time.monotonic() + 30

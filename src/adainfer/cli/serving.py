@@ -94,7 +94,7 @@ def serve(
         torch.set_num_threads(threads)
     app = create_app(exit_model, policy, card, model_id, options)
     err.print(f"serving {described}", highlight=False, soft_wrap=True)
-    server = uvicorn.Server(server_config(app, host, port, limits, log_level))
+    server = uvicorn.Server(server_config(app, host, port, limits=limits, log_level=log_level))
     signal.signal(signal.SIGTERM, _exit_cleanly)
     server.run()
 

@@ -107,7 +107,7 @@ def check_prompt_hash(card: ClassifierCard, recorded: str | None = None) -> None
                             f"(hash {actual[:12]}..., {where} {expected[:12]}...)")
 
 
-def check_card(card: ClassifierCard, policy: StopPolicy, model: EarlyExitModel, directory: Path,
+def check_card(card: ClassifierCard, policy: StopPolicy, model: EarlyExitModel, *, directory: Path,
                recorded_prompt_sha256: str | None = None) -> None:
     """Every check above, each failure one line naming `directory`."""
     try:

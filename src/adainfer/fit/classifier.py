@@ -75,7 +75,8 @@ def load_classifier(directory: str | Path, model: EarlyExitModel) -> tuple[StopP
     if tuple(card.answer_token_ids or ()) != tuple(getattr(policy, "candidate_ids_", ())):
         raise CardError(f"{directory}: the card's answer set is not the one its policy was saved with")
     arrays = read_calibration(Path(directory))
-    check_card(card, policy, model, Path(directory), arrays.prompt_sha256 if arrays else None)
+    check_card(card, policy, model, directory=Path(directory),
+               recorded_prompt_sha256=arrays.prompt_sha256 if arrays else None)
     return policy, card
 
 

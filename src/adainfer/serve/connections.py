@@ -81,7 +81,7 @@ class HeaderDeadline(H11Protocol):
             self.transport.close()
 
 
-def server_config(app: Any, host: str, port: int, limits: ConnectionLimits = ConnectionLimits(),
+def server_config(app: Any, host: str, port: int, *, limits: ConnectionLimits = ConnectionLimits(),
                   log_level: str = "info") -> uvicorn.Config:
     """The uvicorn configuration `adainfer serve` runs `app` with, enforcing `limits`."""
     protocol = type("HeaderDeadlineProtocol", (HeaderDeadline,), {"header_timeout": limits.header_timeout_s,
