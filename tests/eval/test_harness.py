@@ -8,8 +8,9 @@ import pytest
 from adainfer.data.tasks import TASKS, TaskSpec, read_prompts_jsonl
 from adainfer.engine.model import EarlyExitModel
 from adainfer.eval.collect import CollectionFileError, load_collection
-from adainfer.eval.harness import (BASE_FEATURES, HarnessError, Setting, collect_setting, load_setting, load_task,
-                              model_slug)
+from adainfer.data.task_data import load_task
+from adainfer.engine.model import model_slug
+from adainfer.eval.harness import BASE_FEATURES, HarnessError, Setting, collect_setting, load_setting
 
 
 @pytest.fixture(scope="module")

@@ -11,10 +11,10 @@ from typing import Annotated
 
 import numpy as np
 import typer
-from rich.progress import Progress
 
 from adainfer.cli.common import (CacheOption, ModelOption, check_prompts, clean_errors, err, open_model,
                                  policy_candidates)
+from adainfer.cli.progress import progress_bar
 from adainfer.data.tasks import LabelledPrompt, read_inputs_jsonl, read_prompts_jsonl
 from adainfer.engine.files import check_output_file
 from adainfer.engine.model import EarlyExitModel
@@ -69,7 +69,7 @@ def predict(
                                        delete=False) if out else sys.stdout
     records = []
     try:
-        with Progress(console=err, transient=out is None) as progress:
+        with progress_bar(err, transient=out is None) as progress:
             bar = progress.add_task("predicting", total=len(items))
             for start in range(0, len(items), batch_size):
                 batch = items[start:start + batch_size]

@@ -29,6 +29,9 @@ ModelOption = Annotated[
     str | None,
     typer.Option("--model", "-m", help=f"Embedded model ({', '.join(EMBEDDED_MODELS)}), a local HF directory or a .gguf file. Default: {DEFAULT_MODEL}."),
 ]
+DataDirOption = Annotated[
+    Path | None, typer.Option("--data-dir", help="Datasets folder. Default: $ADAINFER_DATA or ../shared/data.")
+]
 CacheOption = Annotated[
     Path | None, typer.Option("--cache-dir", help="Where converted models are kept. Default: $ADAINFER_CACHE or ~/.cache/adainfer.")
 ]
@@ -91,14 +94,20 @@ def parse_features(text: str) -> tuple[str, ...]:
     return check_feature_names([name.strip() for name in text.split(",") if name.strip()])
 
 
-def parse_ints(text: str) -> list[int]:
+def parse_ints(text: str, flag: str) -> list[int]:
+    """Comma-separated non-negative integers given to `flag` (named in the error)."""
     try:
         values = [int(part) for part in text.split(",") if part.strip()]
     except ValueError:
-        raise ValueError(f"expected comma-separated integers, got {text!r}") from None
+        raise ValueError(f"{flag} expects comma-separated integers, got {text!r}") from None
     if not values or min(values) < 0:
-        raise ValueError(f"expected non-negative integers, got {text!r}")
+        raise ValueError(f"{flag} expects non-negative integers, got {text!r}")
     return values
+
+
+def flag_error(error: ValueError, name: str, flag: str) -> ValueError:
+    """A library error about `name` (the domain's word) worded for the command line, where it is `flag`."""
+    return ValueError(str(error).replace(name, flag, 1))
 
 
 def command_line(context: typer.Context) -> str:

@@ -7,10 +7,11 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from adainfer.cli.common import CacheOption, ModelOption, clean_errors, command_line, err, open_model, parse_choices, parse_ints
+from adainfer.cli.common import (CacheOption, DataDirOption, ModelOption, clean_errors, command_line, err,
+                                 open_model, parse_choices, parse_ints)
 from adainfer.cli.experiments import DEFAULT_RUNS
+from adainfer.cli.progress import progress_bar
 from adainfer.cli.scaling import AddressOption, RayOption, WorkersOption, check_ray_options, ray_connection, ray_rows
 from adainfer.data.tasks import TASKS
 from adainfer.engine.files import check_output_directory
@@ -38,7 +39,7 @@ def fit(
     batch_sizes: Annotated[str, typer.Option(help="Comma-separated batch sizes to time at.")] = "1,16",
     resplits: Annotated[int, typer.Option(help="Random calibration/test re-splits that check the guarantee (0: none).")] = 100,
     runs: Annotated[Path, typer.Option(help="Cache of collected traces; a rerun resumes from it.")] = DEFAULT_RUNS,
-    data_dir: Annotated[Path | None, typer.Option(help="Datasets folder. Default: $ADAINFER_DATA or ../shared/data.")] = None,
+    data_dir: DataDirOption = None,
     model: ModelOption = None,
     cache_dir: CacheOption = None,
     ray: RayOption = False,
@@ -49,7 +50,7 @@ def fit(
     check_output_directory(out, CONFIG_NAME)
     options = FitOptions(shots=shots, epsilon=epsilon, delta=delta, sizes=SplitSizes(train, calibration, test),
                          seed=seed, choices=tuple(parse_choices(choices)) if choices else None,
-                         timing_prompts=timing_prompts, batch_sizes=tuple(parse_ints(batch_sizes)), resplits=resplits)
+                         timing_prompts=timing_prompts, batch_sizes=tuple(parse_ints(batch_sizes, "--batch-sizes")), resplits=resplits)
     check_ray_options(ray, address, workers)
     if task.endswith(".jsonl") and not Path(task).is_file():
         raise ValueError(f"task file {task} does not exist")
@@ -60,8 +61,7 @@ def fit(
         exit_model = open_model(model, cache_dir)
         plan = plan_fit(exit_model, source, options)
         row_source = ray_rows(model, cache_dir, exit_model, workers) if ray else None
-        columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
-        with Progress(*columns, console=err) as progress:
+        with progress_bar(err) as progress:
             bar = progress.add_task("", total=None)
 
             def report(stage: str, done: int, total: int) -> None:

@@ -8,13 +8,14 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.progress import Progress
 
-from adainfer.cli.common import (CacheOption, ModelOption, check_prompts, clean_errors, err, open_model, parse_choices,
-                                 parse_features)
+from adainfer.cli.common import (CacheOption, ModelOption, check_prompts, clean_errors, err, flag_error, open_model,
+                                 parse_choices, parse_features)
+from adainfer.cli.progress import progress_bar
 from adainfer.data.tasks import read_prompts_jsonl
 from adainfer.engine.features import PAPER_FEATURES
 from adainfer.engine.files import check_output_directory, check_output_file
+from adainfer.engine.schedule import check_first_check
 from adainfer.eval.collect import collect as collect_rows
 from adainfer.eval.collect import load_collection
 from adainfer.eval.replay import evaluate_policy, fit_on
@@ -45,7 +46,7 @@ def collect(
     exit_model = open_model(model, cache_dir)
     check_prompts(exit_model, items, prompts_file)
     candidates = exit_model.candidate_tokens(answers) if answers else None
-    with Progress(console=err) as progress:
+    with progress_bar(err) as progress:
         bar = progress.add_task("collecting", total=len(items))
         added = collect_rows(exit_model, items, out, names, on_prompt=lambda _: progress.advance(bar),
                              candidate_ids=candidates)
@@ -121,9 +122,10 @@ def calibrate(
         raise ValueError(f"{train_rows} and {calibration_rows} come from different models")
     names = parse_features(features)
     layers = train.top1.shape[1]
-    if not 1 <= first_check <= layers - 1:
-        raise ValueError(f"--first-check must be in 1..{layers - 1} (layer {layers} is the last: no early exit "
-                         f"is possible there), got {first_check}")
+    try:
+        check_first_check(first_check, layers, allow_never=False)
+    except ValueError as error:
+        raise flag_error(error, "first_check", "--first-check") from None
     policy = fit_on(CalibratedPolicy(names, first_check=first_check), train)
     certificate = policy.calibrate(calibration.select(names), calibration.top1, epsilon, delta)
     policy.save(out, train.model_identity)

@@ -164,3 +164,9 @@ class EarlyExitModel:
                      if candidate_ids else None)
         return LayerTrace(features=features[0], top1=top1[0], feature_names=reader.feature_names,
                           seq_len=input_ids.shape[1], cand_top1=cand_top1)
+
+
+def model_slug(model: EarlyExitModel) -> str:
+    """The folder name of `model`'s caches: its architecture and a hash of its LM head."""
+    identity = model.identity()
+    return f"{identity['architecture']}-{identity['head_sha256']}"

@@ -85,13 +85,14 @@ class EarlyExitClassifier:
 
     `model` is an `EarlyExitModel`, or what `EarlyExitModel.from_pretrained` takes (None: the
     embedded default), loaded on first use. Constructor arguments are stored unchanged; what
-    `fit` learns ends in `_` (`policy_`, `card_`).
+    `fit` learns ends in `_` (`policy_`, `card_`). With `measure_speed`, `fit` times
+    `timing_prompts` test prompts live against the model's forward (the card's speedups).
     """
 
-    def __init__(self, model: EarlyExitModel | str | None = None, shots: int = 5, epsilon: float = 0.05,
+    def __init__(self, model: EarlyExitModel | str | None = None, *, shots: int = 5, epsilon: float = 0.05,
                  delta: float = 0.05, choices: Sequence[str] | None = None, seed: int = 0, train_size: int = 100,
                  calibration_size: int = 200, test_size: int = 200, measure_speed: bool = False,
-                 batch_size: int = 16, cache_dir: str | Path | None = None) -> None:
+                 timing_prompts: int = 64, batch_size: int = 16, cache_dir: str | Path | None = None) -> None:
         self.model = model
         self.shots = shots
         self.epsilon = epsilon
@@ -102,6 +103,7 @@ class EarlyExitClassifier:
         self.calibration_size = calibration_size
         self.test_size = test_size
         self.measure_speed = measure_speed
+        self.timing_prompts = timing_prompts
         self.batch_size = batch_size
         self.cache_dir = cache_dir
 
@@ -120,7 +122,7 @@ class EarlyExitClassifier:
         options = FitOptions(shots=self.shots, epsilon=self.epsilon, delta=self.delta,
                              sizes=SplitSizes(self.train_size, self.calibration_size, self.test_size), seed=self.seed,
                              choices=tuple(self.choices) if self.choices else None,
-                             timing_prompts=64 if self.measure_speed else 0)
+                             timing_prompts=self.timing_prompts if self.measure_speed else 0)
         fitted = fit_classifier(self._model(), examples_source("classifier", [Example(t, y) for t, y in
                                                                              zip(texts, labels)]),
                                 options, Path(self.cache_dir) if self.cache_dir else cache_root() / "traces")

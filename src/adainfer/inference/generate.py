@@ -47,18 +47,34 @@ DEFAULT_DRAFT_VOCAB = 32768
 
 
 @dataclass
-class GenerationResult:
-    """Text and costs of one `generate` call. Counts are per (position, layer), prompt excluded.
+class GenerationCosts:
+    """What one generation spent, counted per (position, layer), prompt excluded.
 
     `layer_passes`: decoder layers applied to one position (drafts, verification, early passes).
     `attention_only_passes`: skipped layers whose K/V came from state propagation (fast mode).
     `lens_rows`: full-vocabulary LM-head products; `draft_head_rows`: draft reads of the draft
     vocabulary's rows only. `draft_lengths` / `accepted_lengths`: per verification (lossless).
-    `kv_lengths`: positions cached per layer at the end; the last token is never fed back, so it is
-    prompt_tokens + len(token_ids) - 1 in every layer. `first_token_seconds`: time to first token.
     `flops_units`: FLOPs spent (`adainfer.engine.cost` units) by every pass above, each position at its
     own context length (`CostModel.decode_units`), drafts that were rejected included;
     `dense_flops_units`: what dense decoding of the same tokens costs (`dense_decode_units`).
+    """
+
+    layer_passes: int = 0
+    attention_only_passes: int = 0
+    lens_rows: int = 0
+    draft_head_rows: int = 0
+    flops_units: int = 0
+    dense_flops_units: int = 0
+    draft_lengths: list[int] = field(default_factory=list)
+    accepted_lengths: list[int] = field(default_factory=list)
+
+
+@dataclass(kw_only=True)
+class GenerationResult(GenerationCosts):
+    """Text and costs (`GenerationCosts`) of one `generate` call.
+
+    `kv_lengths`: positions cached per layer at the end; the last token is never fed back, so it is
+    prompt_tokens + len(token_ids) - 1 in every layer. `first_token_seconds`: time to first token.
     """
 
     text: str
@@ -68,14 +84,6 @@ class GenerationResult:
     num_layers: int
     prompt_tokens: int
     finish_reason: str  # "length", "eos" or "stop"
-    layer_passes: int = 0
-    attention_only_passes: int = 0
-    lens_rows: int = 0
-    draft_head_rows: int = 0
-    flops_units: int = 0
-    dense_flops_units: int = 0
-    draft_lengths: list[int] = field(default_factory=list)
-    accepted_lengths: list[int] = field(default_factory=list)
     kv_lengths: list[int] = field(default_factory=list)
     seconds: float = 0.0
     first_token_seconds: float = 0.0
@@ -123,7 +131,7 @@ def ascii_character_tokens(model: EarlyExitModel) -> list[int]:
     return sorted(ids)
 
 
-def generate(model: EarlyExitModel, prompt: str, max_new_tokens: int, mode: str = "lossless",
+def generate(model: EarlyExitModel, prompt: str, max_new_tokens: int, *, mode: str = "lossless",
              policy: StopPolicy | None = None, draft_layer: int | None = None,
              stop: str | Sequence[str] | None = None, first_check: int | None = None,
              draft_vocab: int | Sequence[int] | None = DEFAULT_DRAFT_VOCAB, initial_draft: int = 4,
@@ -212,19 +220,8 @@ def _draft_rows(model: EarlyExitModel, draft_vocab: int | Sequence[int], prompt_
     return HeadRows(model.executor.lens, first_ids, extra_ids + prompt_ids)
 
 
-@dataclass
-class GenerationStats:
-    """What one generation spent, counted per (position, layer), prompt excluded: the cost fields of
-    `GenerationResult`, which documents each. The passes below add to it as they run."""
-
-    layer_passes: int = 0
-    attention_only_passes: int = 0
-    lens_rows: int = 0
-    draft_head_rows: int = 0
-    flops_units: int = 0
-    dense_flops_units: int = 0
-    draft_lengths: list[int] = field(default_factory=list)
-    accepted_lengths: list[int] = field(default_factory=list)
+class GenerationStats(GenerationCosts):
+    """The costs of a generation in progress: the passes below add to them as they run."""
 
     def count_early(self, step: EarlyStep, decoder: KVDecoder, draft_rows: HeadRows | None = None) -> None:
         """Count one early pass; it just fed position decoder.length - 1, over a context of decoder.length."""
