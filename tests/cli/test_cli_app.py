@@ -398,7 +398,7 @@ def test_every_verb_is_registered_once_in_the_order_help_lists_them():
 
     names = [command.name or command.callback.__name__ for command in app.registered_commands]
     assert names == ["fit", "info", "profile", "prompts", "collect", "train", "evaluate", "predict", "eval", "report",
-                     "export-traces", "transfer", "calibrate", "generate", "serve"]
+                     "export-traces", "transfer", "calibrate", "generate", "serve", "verify"]
     listed = invoke("--help").stdout
     positions = [listed.index(f" {name} ") for name in ("fit", "info", "collect", "predict", "eval", "calibrate", "generate",
                                                     "serve")]

@@ -20,6 +20,7 @@ from adainfer.cli.progress import progress_bar
 from adainfer.cli.scaling import AddressOption, RayOption, WorkersOption, check_ray_options, ray_connection, ray_rows
 from adainfer.data.tasks import TASKS, write_prompts_jsonl
 from adainfer.engine.cost_profile import CostProfile
+from adainfer.engine.files import check_output_file
 from adainfer.engine.model import EarlyExitModel
 from adainfer.eval.collect import RowSource
 from adainfer.eval.experiments import model_transfer_rows
@@ -43,6 +44,7 @@ def prompts(
     data_dir: DataDirOption = None,
 ) -> None:
     """Write zero- or few-shot prompts `Q: x\\nA:` with their gold answers, as `adainfer eval` builds them."""
+    check_output_file(out)
     written = task_prompts(load_task(task, data_dir), split, shots, limit, seed)
     write_prompts_jsonl(written, out)
     err.print(f"wrote {len(written)} prompts to {out}")

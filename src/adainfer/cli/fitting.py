@@ -14,6 +14,7 @@ from adainfer.cli.experiments import DEFAULT_RUNS
 from adainfer.cli.progress import progress_bar
 from adainfer.cli.scaling import AddressOption, RayOption, WorkersOption, check_ray_options, ray_connection, ray_rows
 from adainfer.data.tasks import TASKS
+from adainfer.engine.files import check_output_directory
 from adainfer.engine.loading import DEFAULT_MODEL
 from adainfer.fit.card import summary_lines
 from adainfer.fit.payoff import calibration_warning
@@ -50,8 +51,7 @@ def fit(
     workers: WorkersOption = None,
 ) -> None:
     """Fit an early-exit classifier whose answers match the full model's within epsilon (w.p. >= 1 - delta), and measure it."""
-    if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not (out / CONFIG_NAME).is_file())):
-        raise ValueError(f"{out} exists and is not a policy directory; choose another --out")
+    check_output_directory(out, CONFIG_NAME)
     options = FitOptions(shots=shots, epsilon=epsilon, delta=delta, sizes=SplitSizes(train, calibration, test),
                          seed=seed, choices=tuple(parse_choices(choices)) if choices else None,
                          timing_prompts=timing_prompts, batch_sizes=tuple(parse_ints(batch_sizes, "--batch-sizes")), resplits=resplits,

@@ -13,7 +13,7 @@ from rich.table import Table
 from adainfer.cli.common import CacheOption, DataDirOption, ModelOption, clean_errors, err, open_model, parse_ints
 from adainfer.cli.progress import progress_bar
 from adainfer.engine.cost_profile import measure_cost_profile
-from adainfer.engine.files import write_text_atomic
+from adainfer.engine.files import check_output_file, write_text_atomic
 from adainfer.engine.loading import cache_root
 from adainfer.fit.payoff import measure_payoff
 from adainfer.fit.pipeline import task_source
@@ -53,6 +53,8 @@ def profile(
 ) -> None:
     """Time one decoder layer, one lens check (full vocabulary and candidate rows) and the dense forward, per prompt
     length; with --task, say whether early exit can pay on it."""
+    if out is not None:
+        check_output_file(out)  # before the minutes of measuring
     if task is not None:
         return _task_payoff(task, shots, sample, repeats, out, data_dir, model, cache_dir)
     lengths = parse_ints(seq_lens, "--seq-lens")

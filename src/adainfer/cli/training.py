@@ -14,10 +14,12 @@ from adainfer.cli.common import (CacheOption, ModelOption, check_prompts, clean_
 from adainfer.cli.progress import progress_bar
 from adainfer.data.tasks import read_prompts_jsonl
 from adainfer.engine.features import PAPER_FEATURES
+from adainfer.engine.files import check_output_directory, check_output_file
 from adainfer.engine.schedule import check_first_check
 from adainfer.eval.collect import collect as collect_rows
 from adainfer.eval.collect import load_collection
 from adainfer.eval.replay import evaluate_policy, fit_on
+from adainfer.policies.base import CONFIG_NAME
 from adainfer.policies.calibrated import CalibratedPolicy
 from adainfer.policies.crf import CRFPolicy
 from adainfer.policies.gap import GapThresholdPolicy
@@ -35,6 +37,7 @@ def collect(
     cache_dir: CacheOption = None,
 ) -> None:
     """Record one row per (prompt, layer): lens features and whether the layer's top-1 is the gold token."""
+    check_output_file(out)
     items = read_prompts_jsonl(prompts_file)
     if not items:
         raise ValueError(f"{prompts_file} holds no prompts: nothing to collect")
@@ -63,6 +66,7 @@ def train(
     threshold: Annotated[float, typer.Option(help="Gap threshold for --policy gap.")] = 0.8,
 ) -> None:
     """Fit a stop policy on collected rows and save it with the identity of the model they came from."""
+    check_output_directory(out, CONFIG_NAME)
     if policy not in POLICIES:
         raise ValueError(f"--policy must be one of {', '.join(POLICIES)}, got {policy!r}")
     if not math.isfinite(threshold):
@@ -111,6 +115,7 @@ def calibrate(
 
     The thresholds tested come from the training rows' scores; the calibration rows only choose among them.
     """
+    check_output_directory(out, CONFIG_NAME)
     train = load_collection(train_rows)
     calibration = load_collection(calibration_rows)
     if train.model_identity != calibration.model_identity:

@@ -33,7 +33,7 @@ import numpy as np
 from adainfer.data.tasks import LabelledPrompt, read_prompts_jsonl, write_prompts_jsonl
 from filelock import FileLock, Timeout
 
-from adainfer.engine.files import lock_path, write_bytes_atomic
+from adainfer.engine.files import check_output_file, lock_path, write_bytes_atomic
 from adainfer.engine.model import EarlyExitModel
 
 
@@ -194,7 +194,7 @@ def collect(
     process, with `model`); `model` still gives the header's identity. Raises CollectionFileError
     while another run writes `output`.
     """
-    output = Path(output)
+    output = check_output_file(Path(output))  # before its lock file: none beside a device
     output.parent.mkdir(parents=True, exist_ok=True)
     try:
         with FileLock(lock_path(output), timeout=0):

@@ -53,6 +53,7 @@ class ClassifierCard:
     calibration_needed: dict[str, Any] = field(default_factory=dict)
     command: str = ""
     prompt_format: str = PROMPT_FORMAT
+    prompt_sha256: str = ""  # of prompt_format + demonstrations at fit time ("" on cards fitted before it)
 
     def prompt(self, text: str) -> str:
         """The prompt this classifier was calibrated on, for one raw input."""

@@ -18,7 +18,9 @@ from typing import Any
 from adainfer.data.tasks import Example
 from adainfer.engine.loading import cache_root
 from adainfer.engine.model import EarlyExitModel
+from adainfer.fit.calibration_arrays import read_calibration, read_calibration_bytes
 from adainfer.fit.card import CardError, ClassifierCard, read_card
+from adainfer.fit.card_checks import check_card
 from adainfer.fit.pipeline import FitOptions, FittedClassifier, examples_source, fit_classifier
 from adainfer.fit.splits import SplitSizes
 from adainfer.inference.predict import predict_batch
@@ -72,6 +74,9 @@ def load_classifier(directory: str | Path, model: EarlyExitModel) -> tuple[StopP
         raise CardError(f"{directory}: the card describes another model than its policy")
     if tuple(card.answer_token_ids or ()) != tuple(getattr(policy, "candidate_ids_", ())):
         raise CardError(f"{directory}: the card's answer set is not the one its policy was saved with")
+    arrays = read_calibration(Path(directory))
+    check_card(card, policy, model, directory=Path(directory),
+               recorded_prompt_sha256=arrays.prompt_sha256 if arrays else None)
     return policy, card
 
 
@@ -121,7 +126,7 @@ class EarlyExitClassifier:
         fitted = fit_classifier(self._model(), examples_source("classifier", [Example(t, y) for t, y in
                                                                              zip(texts, labels)]),
                                 options, Path(self.cache_dir) if self.cache_dir else cache_root() / "traces")
-        self.policy_, self.card_ = fitted.policy, fitted.card
+        self.policy_, self.card_, self.calibration_ = fitted.policy, fitted.card, fitted.calibration
         return self
 
     def predict_details(self, texts: Sequence[str]) -> list[Classification]:
@@ -141,13 +146,14 @@ class EarlyExitClassifier:
     def save(self, directory: str | Path) -> Path:
         """The policy directory with its card, written atomically."""
         self._check_fitted()
-        return FittedClassifier(self.policy_, self.card_).save(Path(directory))
+        return FittedClassifier(self.policy_, self.card_, getattr(self, "calibration_", None)).save(Path(directory))
 
     @classmethod
     def load(cls, directory: str | Path, model: EarlyExitModel | str | None = None) -> EarlyExitClassifier:
         """A classifier saved by `save` or `adainfer fit`; refused for another model."""
         classifier = cls(model)
         classifier.policy_, classifier.card_ = load_classifier(directory, classifier._model())
+        classifier.calibration_ = read_calibration_bytes(Path(directory))
         classifier.shots, classifier.epsilon, classifier.delta = (classifier.card_.shots, classifier.card_.epsilon,
                                                                   classifier.card_.delta)
         return classifier

@@ -33,7 +33,9 @@ from adainfer.engine.model import EarlyExitModel, model_slug
 from adainfer.eval.collect import Collection, RowSource, collect_cached
 from adainfer.eval.replay import evaluate_policy, fit_on, policy_decisions
 from adainfer.fit.answer_set import AnswerSet, detect_answer_set
+from adainfer.fit.calibration_arrays import CALIBRATION_NPZ, CalibrationArrays
 from adainfer.fit.card import CARD_JSON, CARD_MD, ClassifierCard
+from adainfer.fit.card_checks import prompt_sha256
 from adainfer.fit.payoff import calibration_for_half_risk
 from adainfer.fit.scorer_choice import SCORERS, choose_scorer, schedule_candidates, share_of_oracle
 from adainfer.fit.splits import FitSplits, SplitSizes, make_splits
@@ -115,11 +117,16 @@ class FittedClassifier:
 
     policy: CalibratedScorer
     card: ClassifierCard
+    calibration: bytes | None = None  # calibration.npz (`fit.calibration_arrays`); None for older fits
 
     def save(self, directory: Path) -> Path:
-        """The policy directory with card.json and card.md among its hashed parts, written atomically."""
+        """The policy directory with card.json, card.md and calibration.npz among its hashed parts,
+        written atomically."""
+        parts: dict[str, str | bytes] = {CARD_JSON: self.card.to_json(), CARD_MD: self.card.to_markdown()}
+        if self.calibration is not None:
+            parts[CALIBRATION_NPZ] = self.calibration
         return self.policy.save(directory, self.card.model_identity, candidate_ids=self.card.answer_token_ids,
-                                extra_parts={CARD_JSON: self.card.to_json(), CARD_MD: self.card.to_markdown()})
+                                extra_parts=parts)
 
 
 def _collect_splits(model: EarlyExitModel, splits: FitSplits, folder: Path, features: tuple[str, ...],
@@ -284,7 +291,10 @@ def fit_classifier(model: EarlyExitModel, source: TaskSource, options: FitOption
                             "half_epsilon_risk": calibration_for_half_risk(options.epsilon, options.delta),
                             "cv_savings_of_chosen_scorer": chosen.calibration_needed},
         command=command)
-    return FittedClassifier(policy, card)
+    card.prompt_sha256 = prompt_sha256(card.prompt_format, card.demonstrations)
+    arrays = CalibrationArrays(calibration.select(features), policy.margins(calibration.select(features)),
+                               _reference(calibration, answers), card.prompt_sha256)
+    return FittedClassifier(policy, card, arrays.to_bytes())
 
 
 def _replayed_exits(policy: CalibratedScorer, test: Collection, count: int) -> list[int]:

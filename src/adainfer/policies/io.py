@@ -28,8 +28,9 @@ POLICY_KINDS: dict[str, type[StopPolicy]] = {
 POLICY_PARTS: dict[str, tuple[str, ...]] = {"svm": ("svm.skops",), "calibrated-svm": ("svm.skops",),
                                             "crf": ("crf.npz",), "gap": (),
                                             "calibrated-gbt": (TREES_FILE,)}
-# Parts any kind may carry besides its own: a fitted classifier's card (`adainfer.fit.card`).
-OPTIONAL_PARTS: tuple[str, ...] = ("card.json", "card.md")
+# Parts any kind may carry besides its own: a fitted classifier's card (`adainfer.fit.card`) and
+# its calibration arrays (`adainfer.fit.calibration_arrays`, which `adainfer verify` reads).
+OPTIONAL_PARTS: tuple[str, ...] = ("card.json", "card.md", "calibration.npz")
 
 
 def _read_config(directory: Path) -> dict:
