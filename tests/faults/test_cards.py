@@ -4,16 +4,20 @@ at load (the hashes only catch torn saves), and `adainfer verify` recomputes the
 import io
 import json
 import shutil
+from dataclasses import fields
 from pathlib import Path
 
 import numpy as np
 import pytest
 from cli_runner import assert_clean_error, invoke
+from fit_data import parity_examples
 
 from adainfer.engine.model import EarlyExitModel
-from adainfer.fit.card import CardError
-from adainfer.fit.card_checks import prompt_sha256
+from adainfer.fit.card import CardError, ClassifierCard
+from adainfer.fit.card_checks import FIELD_TYPES, prompt_sha256
 from adainfer.fit.classifier import EarlyExitClassifier, load_classifier
+from adainfer.fit.pipeline import FitOptions, examples_source, fit_classifier
+from adainfer.fit.splits import SplitSizes
 from adainfer.policies.base import file_sha256
 
 REPO = Path(__file__).parent.parent.parent
@@ -78,7 +82,12 @@ WRONG_TYPES = {"epsilon": "0.05", "delta": "0.05", "epsilon ": True, "seed": "0"
                "first_check ": 1.0, "task": 5, "model": None, "command": ["x"], "test": [], "speed": {},
                "resplit_check": [], "cost_profile": "none", "certificate": [], "split_sizes": [], "prompt_format": 3,
                "prompt_sha256": 7, "features": "gap", "answer_token_ids": "3,4", "shots": "2",
-               "model_identity": "tiny", "demonstrations": "none", "answer_set": "even,odd"}
+               "model_identity": "tiny", "demonstrations": "none", "answer_set": "even,odd", "scorer": "svm",
+               "calibration_needed": 153}
+
+
+def test_every_card_field_has_a_checked_type():
+    assert {item.name for item in fields(ClassifierCard)} == set(FIELD_TYPES)
 
 
 @pytest.mark.parametrize("case", sorted(CONTRADICTIONS))
@@ -108,6 +117,18 @@ def test_the_untouched_classifier_loads_and_its_certificate_verifies(classifier_
     result = invoke("verify", classifier_dir)
     assert result.exit_code == 0, result.output
     assert "certificate holds" in result.output and "p-value" in result.output
+
+
+def test_a_classifier_scored_by_boosted_trees_verifies_too(tiny_spaced_dir, tmp_path):
+    model = EarlyExitModel.from_pretrained(str(tiny_spaced_dir))
+    options = FitOptions(shots=2, sizes=SplitSizes(40, 80, 40), timing_prompts=0, resplits=0,
+                         scorers=("gbt-stability",))
+    fitted = fit_classifier(model, examples_source("parity", parity_examples()), options, tmp_path / "cache")
+    directory = fitted.save(tmp_path / "trees")
+    assert json.loads((directory / "config.json").read_text())["kind"] == "calibrated-gbt"
+    load_classifier(directory, model)
+    result = invoke("verify", directory)
+    assert result.exit_code == 0 and "certificate holds" in result.output, result.output
 
 
 def edit_arrays(classifier_dir: Path, tmp_path: Path, edit) -> Path:

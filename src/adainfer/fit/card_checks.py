@@ -34,7 +34,7 @@ FIELD_TYPES: dict[str, str] = {
     "answer_set": "list|None", "answer_token_ids": "list|None", "features": "list", "first_check": "int",
     "epsilon": "number", "delta": "number", "certificate": "dict", "seed": "int", "split_sizes": "dict",
     "test": "dict", "speed": "list", "resplit_check": "dict", "cost_profile": "dict", "command": "str",
-    "prompt_format": "str", "prompt_sha256": "str"}
+    "prompt_format": "str", "prompt_sha256": "str", "scorer": "dict", "calibration_needed": "dict"}
 _CHECKS = {"str": lambda v: isinstance(v, str), "dict": lambda v: isinstance(v, dict),
            "list": lambda v: isinstance(v, list), "None": lambda v: v is None,
            "int": lambda v: isinstance(v, int) and not isinstance(v, bool),
