@@ -12,7 +12,7 @@ from transformers import PhiConfig, PhiForCausalLM
 
 from adainfer.data.tasks import read_prompts_jsonl
 from adainfer.engine.model import EarlyExitModel
-from adainfer.eval.collect import load_collection
+from adainfer.eval.traces import load_collection
 from adainfer.data.task_data import load_task
 from adainfer.engine.model import model_slug
 from adainfer.eval.harness import Setting, collect_setting

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from adainfer.engine.model import EarlyExitModel
-from adainfer.eval.collect import Collection
+from adainfer.eval.traces import Collection
 from adainfer.eval.replay import evaluate_policy
 from adainfer.inference.predict import predict_batch
 from adainfer.policies.calibrated import CalibratedPolicy

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from adainfer.engine.model import EarlyExitModel
-from adainfer.eval.collect import load_collection
+from adainfer.eval.traces import load_collection
 from adainfer.eval.replay import policy_decisions
 from adainfer.policies.decisions import answers_at, exit_layers
 from adainfer.fit.classifier import classify, load_classifier

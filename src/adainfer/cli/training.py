@@ -17,7 +17,7 @@ from adainfer.engine.features import PAPER_FEATURES
 from adainfer.engine.files import check_output_directory, check_output_file
 from adainfer.engine.schedule import check_first_check
 from adainfer.eval.collect import collect as collect_rows
-from adainfer.eval.collect import load_collection
+from adainfer.eval.traces import load_collection
 from adainfer.eval.replay import evaluate_policy, fit_on
 from adainfer.policies.base import CONFIG_NAME
 from adainfer.policies.calibrated import CalibratedPolicy

@@ -24,8 +24,8 @@ from adainfer.data.tasks import LabelledPrompt, build_prompts
 from adainfer.engine.features import CANDIDATE_FEATURES
 from adainfer.engine.files import lock_path, write_text_atomic
 from adainfer.engine.model import EarlyExitModel, model_slug
-from adainfer.eval.collect import (Collection, RowSource, collect_cached, load_collection, load_collection_npz,
-                                   save_collection_npz)
+from adainfer.eval.collect import RowSource, collect_cached
+from adainfer.eval.traces import Collection, load_collection, load_collection_npz, save_collection_npz
 
 # Everything the tables read: the paper's features, its factor study's cosines, and ours.
 BASE_FEATURES: tuple[str, ...] = ("gap", "top_prob", "depth", "cos_attn", "cos_mlp", "cos_hidden", "agree_prev")

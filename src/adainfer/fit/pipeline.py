@@ -30,7 +30,8 @@ from adainfer.data.tasks import Example, split_examples
 from adainfer.engine.cost_profile import measure_cost_profile
 from adainfer.engine.files import lock_path
 from adainfer.engine.model import EarlyExitModel, model_slug
-from adainfer.eval.collect import Collection, RowSource, collect_cached
+from adainfer.eval.collect import RowSource, collect_cached
+from adainfer.eval.traces import Collection
 from adainfer.eval.replay import evaluate_policy, fit_on, policy_decisions
 from adainfer.fit.answer_set import AnswerSet, detect_answer_set
 from adainfer.fit.calibration_arrays import CALIBRATION_NPZ, CalibrationArrays
