@@ -90,7 +90,7 @@ def fragile(tiny_spaced_dir, classifier_dir):
     """A server whose model raises `Boom` (a TypeError, a RuntimeError...) on any input holding "boom"."""
     model = EarlyExitModel.from_pretrained(str(tiny_spaced_dir))
     app = create_app(model, *load_classifier(classifier_dir, model), "tiny", ServeOptions(max_wait_ms=0))
-    worker = app.state.worker
+    worker = app.state.server.worker
     answer, check = worker.run_batch, worker.check_row
 
     def run_batch(texts):
