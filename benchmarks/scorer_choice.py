@@ -99,7 +99,7 @@ def run(model: EarlyExitModel, name: str, runs: Path) -> dict:
     for variant in ("old", "new", "new_cheapest"):
         extra = ({} if variant == "new" else
                  dict(scorers=("svm",) if variant == "old" else (row["new"]["scorer"],), joint_schedule=False))
-        fitted = fit_classifier(model, source, FitOptions(timing_prompts=0, **keywords, **extra), runs / "cache")
+        fitted = fit_classifier(model, source, FitOptions(timing_prompts=0, **keywords, **extra), cache_dir=runs / "cache")
         row[variant] = figures(fitted.card)
         row["calibration"] = fitted.card.split_sizes["calibration"]
         if variant == "new":

@@ -123,7 +123,7 @@ def test_a_classifier_scored_by_boosted_trees_verifies_too(tiny_spaced_dir, tmp_
     model = EarlyExitModel.from_pretrained(str(tiny_spaced_dir))
     options = FitOptions(shots=2, sizes=SplitSizes(40, 80, 40), timing_prompts=0, resplits=0,
                          scorers=("gbt-stability",))
-    fitted = fit_classifier(model, examples_source("parity", parity_examples()), options, tmp_path / "cache")
+    fitted = fit_classifier(model, examples_source("parity", parity_examples()), options, cache_dir=tmp_path / "cache")
     directory = fitted.save(tmp_path / "trees")
     assert json.loads((directory / "config.json").read_text())["kind"] == "calibrated-gbt"
     load_classifier(directory, model)

@@ -75,7 +75,7 @@ def fit(
             def report(stage: str, done: int, total: int) -> None:
                 progress.update(bar, description=stage, completed=done, total=total)
 
-            fitted = fit_classifier(exit_model, source, options, runs, model or DEFAULT_MODEL, command_line(context),
-                                    report, plan, row_source)
+            fitted = fit_classifier(exit_model, source, options, cache_dir=runs, model_name=model or DEFAULT_MODEL,
+                                    command=command_line(context), progress=report, plan=plan, row_source=row_source)
     fitted.save(out)
     typer.echo("\n".join([f"saved to {out} (card: {out / 'card.md'})", *summary_lines(fitted.card)]))

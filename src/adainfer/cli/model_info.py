@@ -89,8 +89,9 @@ def _task_payoff(task: str, shots: int, sample: int, repeats: int, out: Path | N
     exit_model = open_model(model, cache_dir)
     with progress_bar(err, transient=True) as progress:
         bar = progress.add_task("oracle exits", total=sample)
-        payoff = measure_payoff(exit_model, source.name, source.train_pool, source.eval_pool, source.choices, shots,
-                                sample, repeats=repeats, on_prompt=lambda done, total: progress.update(
+        payoff = measure_payoff(exit_model, name=source.name, train_pool=source.train_pool,
+                                eval_pool=source.eval_pool, choices=source.choices, shots=shots, sample=sample,
+                                repeats=repeats, on_prompt=lambda done, total: progress.update(
                                     bar, completed=done, total=total))
     text = json.dumps(payoff.to_dict(), indent=2)
     typer.echo(text)

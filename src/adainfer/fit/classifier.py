@@ -125,7 +125,7 @@ class EarlyExitClassifier:
                              timing_prompts=self.timing_prompts if self.measure_speed else 0)
         fitted = fit_classifier(self._model(), examples_source("classifier", [Example(t, y) for t, y in
                                                                              zip(texts, labels)]),
-                                options, Path(self.cache_dir) if self.cache_dir else cache_root() / "traces")
+                                options, cache_dir=Path(self.cache_dir) if self.cache_dir else cache_root() / "traces")
         self.policy_, self.card_, self.calibration_ = fitted.policy, fitted.card, fitted.calibration
         return self
 

@@ -89,8 +89,8 @@ def calibration_warning(calibration_prompts: int, epsilon: float, delta: float) 
             f"answers); give the task more examples, or a larger --epsilon")
 
 
-def measure_payoff(model: EarlyExitModel, name: str, train_pool: list, eval_pool: list, choices: tuple[str, ...] | None,
-                   shots: int = 5, sample: int = 32, seed: int = 0, repeats: int = 3,
+def measure_payoff(model: EarlyExitModel, *, name: str, train_pool: list, eval_pool: list,
+                   choices: tuple[str, ...] | None, shots: int = 5, sample: int = 32, seed: int = 0, repeats: int = 3,
                    on_prompt: Callable[[int, int], None] | None = None) -> Payoff:
     """Times and oracle exits on `sample` prompts of a task built as `fit` builds them (fixed demonstrations)."""
     answers = detect_answer_set(model, train_pool + eval_pool, choices)

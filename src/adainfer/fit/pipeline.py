@@ -228,7 +228,7 @@ def plan_fit(model: EarlyExitModel, source: TaskSource, options: FitOptions) -> 
     return FitPlan(answers, splits)
 
 
-def fit_classifier(model: EarlyExitModel, source: TaskSource, options: FitOptions, cache_dir: Path,
+def fit_classifier(model: EarlyExitModel, source: TaskSource, options: FitOptions, *, cache_dir: Path,
                    model_name: str = "", command: str = "", progress: Progress | None = None,
                    plan: FitPlan | None = None, row_source: RowSource | None = None) -> FittedClassifier:
     """Fit, certify and measure an early-exit classifier for `source` on `model` (see the module docstring).

@@ -61,8 +61,9 @@ def create_app(model: EarlyExitModel, policy: StopPolicy, card: ClassifierCard, 
     lossless generation, all model work on one worker thread."""
     classifier = BatchClassifier(model, card, None if options.dense else policy)
     metrics = ServeMetrics(model.num_layers, ENDPOINTS)
-    worker: ModelWorker = ModelWorker(classifier.answer, classifier.check, options.max_batch_size,
-                                      options.max_wait_ms / 1000, options.max_queue, metrics.batch_size.observe)
+    worker: ModelWorker = ModelWorker(classifier.answer, classifier.check, max_batch_size=options.max_batch_size,
+                                      max_wait=options.max_wait_ms / 1000, max_queue=options.max_queue,
+                                      on_batch=metrics.batch_size.observe)
     metrics.queued_rows.set_function(lambda: worker.queued_rows)
 
     @asynccontextmanager

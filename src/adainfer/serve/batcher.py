@@ -120,7 +120,7 @@ class ModelWorker(Generic[Answer]):
     on_batch: told the number of rows of each batch run (for metrics).
     """
 
-    def __init__(self, run_batch: Callable[[list[str]], list[Answer]], check_row: Callable[[str], None],
+    def __init__(self, run_batch: Callable[[list[str]], list[Answer]], check_row: Callable[[str], None], *,
                  max_batch_size: int = 16, max_wait: float = 0.01, max_queue: int = 256,
                  on_batch: Callable[[int], None] | None = None) -> None:
         if max_batch_size < 1 or max_queue < 1 or max_wait < 0:
