@@ -21,6 +21,7 @@ from adainfer.data.tasks import LabelledPrompt
 from adainfer.engine.features import check_feature_names
 from adainfer.engine.loading import DEFAULT_MODEL, EMBEDDED_MODELS
 from adainfer.engine.model import EarlyExitModel
+from adainfer.engine.parameters import ParameterError
 from adainfer.policies.base import StopPolicy
 
 err = Console(stderr=True)
@@ -45,8 +46,10 @@ def clean_errors(command: Callable[..., Any]) -> Callable[..., Any]:
         try:
             return command(*args, **kwargs)
         except (ValueError, OSError) as error:
+            message = (error.worded(f"--{error.parameter.replace('_', '-')}")
+                       if isinstance(error, ParameterError) and error.parameter else str(error))
             # Escaped: a message naming `.[ray]` or a path with brackets is text, not rich markup.
-            err.print(f"[red]error:[/red] {escape(str(error))}", highlight=False, soft_wrap=True)
+            err.print(f"[red]error:[/red] {escape(message)}", highlight=False, soft_wrap=True)
             raise typer.Exit(code=2) from None
 
     return wrapper

@@ -53,9 +53,9 @@ def check_output_directory(path: Path, marker: str | None = None) -> Path:
         if not path.is_dir():
             mode = os.stat(path).st_mode if path.exists() else 0
             raise OutputError(f"{path} exists and is {_kind(mode) if mode else 'a broken link'}, not a directory; "
-                              f"choose another --out")
+                              f"choose another output directory")
         if marker is not None and any(path.iterdir()) and not (path / marker).is_file():
-            raise OutputError(f"{path} exists and is not a policy directory; choose another --out")
+            raise OutputError(f"{path} exists and is not a policy directory; choose another output directory")
     return path
 
 

@@ -86,7 +86,7 @@ def calibration_warning(calibration_prompts: int, epsilon: float, delta: float) 
         return None
     return (f"only {calibration_prompts} calibration prompts: at epsilon {epsilon}, delta {delta} Learn then Test "
             f"certifies little below about {needed} (the fewest that certify a policy changing epsilon/2 of the "
-            f"answers); give the task more examples, or a larger --epsilon")
+            f"answers); give the task more examples, or a larger epsilon")
 
 
 def measure_payoff(model: EarlyExitModel, *, name: str, train_pool: list, eval_pool: list,

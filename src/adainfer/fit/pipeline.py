@@ -30,9 +30,10 @@ from adainfer.data.tasks import Example, split_examples
 from adainfer.engine.cost_profile import measure_cost_profile
 from adainfer.engine.files import lock_path
 from adainfer.engine.model import EarlyExitModel, model_slug
+from adainfer.engine.parameters import ParameterError
 from adainfer.eval.collect import RowSource, collect_cached
-from adainfer.eval.traces import Collection
 from adainfer.eval.replay import evaluate_policy, fit_on, policy_decisions
+from adainfer.eval.traces import Collection
 from adainfer.fit.answer_set import AnswerSet, detect_answer_set
 from adainfer.fit.calibration_arrays import CALIBRATION_NPZ, CalibrationArrays
 from adainfer.fit.card import CARD_JSON, CARD_MD, ClassifierCard
@@ -51,7 +52,7 @@ SPLITS: tuple[str, ...] = ("train", "calibration", "test")
 Progress = Callable[[str, int, int], None]
 
 
-class FitError(ValueError):
+class FitError(ParameterError):
     """Options or data that cannot give a certified classifier."""
 
 
@@ -73,11 +74,11 @@ class FitOptions:
 
     def __post_init__(self) -> None:
         if not self.scorers or any(name not in SCORERS for name in self.scorers):
-            raise FitError(f"--scorers must name some of {', '.join(SCORERS)}; got {', '.join(self.scorers) or 'none'}")
+            raise FitError(f"must name some of {', '.join(SCORERS)}; got {', '.join(self.scorers) or 'none'}", "scorers")
         for name in ("epsilon", "delta"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < 1:
-                raise FitError(f"--{name} must be in (0, 1), got {value!r}")
+                raise FitError(f"must be in (0, 1), got {value!r}", name)
         if self.timing_prompts < 0 or any(size < 1 for size in self.batch_sizes) or self.resplits < 0:
             raise FitError("timing prompts and re-splits must be >= 0 and batch sizes >= 1")
 
@@ -218,13 +219,13 @@ def plan_fit(model: EarlyExitModel, source: TaskSource, options: FitOptions) -> 
     if len(splits.calibration) < needed:
         raise FitError(f"{len(splits.calibration)} calibration prompts cannot certify epsilon={options.epsilon} at "
                        f"delta={options.delta}: at least {needed} are needed (with no changed answer, more with "
-                       f"some); give more examples or --calibration, or a larger --epsilon")
+                       f"some); give more examples or calibration prompts, or a larger epsilon")
     for split in SPLITS:  # a prompt over the context is refused now, not after an hour of collection
         for number, prompt in enumerate(splits.prompts(split), start=1):
             try:
                 model.encode(prompt.prompt)
             except ValueError as error:
-                raise FitError(f"{split} prompt {number}: {error} (fewer --shots make prompts shorter)") from None
+                raise FitError(f"{split} prompt {number}: {error} (fewer shots make prompts shorter)") from None
     return FitPlan(answers, splits)
 
 

@@ -34,6 +34,7 @@ import torch
 from ray import serve
 
 from adainfer.engine.model import EarlyExitModel
+from adainfer.engine.parameters import ParameterError
 from adainfer.fit.classifier import load_classifier
 from adainfer.serve.app import ServeOptions, create_app
 from adainfer.serve.connections import ConnectionLimits
@@ -97,7 +98,7 @@ def deploy(spec: ReplicaSpec, replicas: int, host: str, port: int,
     than in Ray's router; past that Ray queues them in front of the replicas.
     """
     if replicas < 1:
-        raise ValueError(f"--replicas must be at least 1, got {replicas}")
+        raise ParameterError(f"must be at least 1, got {replicas}", "replicas")
     logging.getLogger("ray.serve").setLevel(logging.WARNING)  # the CLI says what started, and where
     serve.start(http_options={"host": host, "port": port, "keep_alive_timeout_s": limits.keep_alive_s})
     deployment = serve.deployment(ClassifierReplica, name="classifier", num_replicas=replicas,

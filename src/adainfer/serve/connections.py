@@ -20,6 +20,8 @@ import h11
 import uvicorn
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
+from adainfer.engine.parameters import ParameterError
+
 
 @dataclass(frozen=True)
 class ConnectionLimits:
@@ -32,10 +34,13 @@ class ConnectionLimits:
     shutdown_timeout_s: float = 30.0
 
     def __post_init__(self) -> None:
-        if self.header_timeout_s <= 0 or self.keep_alive_s < 1 or self.shutdown_timeout_s <= 0:
-            raise ValueError("--header-timeout and --shutdown-timeout must be > 0 and --keep-alive >= 1")
-        if self.max_header_bytes < 1024 or self.max_connections < 1:
-            raise ValueError("--max-header-bytes must be >= 1024 and --max-connections >= 1")
+        for name, value, smallest, exclusive in (("header_timeout", self.header_timeout_s, 0, True),
+                                                 ("shutdown_timeout", self.shutdown_timeout_s, 0, True),
+                                                 ("keep_alive", self.keep_alive_s, 1, False),
+                                                 ("max_header_bytes", self.max_header_bytes, 1024, False),
+                                                 ("max_connections", self.max_connections, 1, False)):
+            if value < smallest or (exclusive and value == smallest):
+                raise ParameterError(f"must be {'>' if exclusive else '>='} {smallest}, got {value}", name)
 
 
 class HeaderDeadline(H11Protocol):
