@@ -9,7 +9,7 @@ import socket
 import threading
 from pathlib import Path
 from types import FrameType, ModuleType
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated
 
 import torch
 import typer
@@ -23,6 +23,9 @@ from adainfer.serve.app import ServeOptions, create_app
 from adainfer.serve.auth import KEY_ENVIRONMENT, api_keys, is_loopback
 from adainfer.serve.connections import ConnectionLimits, server_config
 from adainfer.serve.limits import DEFAULT_BODY_TIMEOUT_S, DEFAULT_MAX_BODY_BYTES
+
+if TYPE_CHECKING:  # Ray is an optional extra: the module itself is imported only when --ray asks
+    from adainfer.scale.serving import ReplicaSpec
 
 LIMITS = ConnectionLimits()
 
@@ -99,9 +102,9 @@ def serve(
     server.run()
 
 
-def _serve_on_ray(serving: ModuleType, spec: Any, replicas: int, host: str, port: int, address: str | None,
+def _serve_on_ray(serving: ModuleType, spec: ReplicaSpec, replicas: int, host: str, port: int, address: str | None,
                   described: str, limits: ConnectionLimits) -> None:
-    """Deploy `replicas` replicas of `spec` (`adainfer.scale.serving.ReplicaSpec`) on Ray Serve,
+    """Deploy `replicas` replicas of `spec` on Ray Serve (`serving`: `adainfer.scale.serving`, loaded by --ray),
     then wait for SIGINT or SIGTERM and take them down (each drains its batcher first) before
     exiting with success."""
     stop = threading.Event()
