@@ -8,6 +8,7 @@ import pytest
 from adainfer.policies.calibrated import (CalibratedPolicy, binomial_p_value, exits_at, learn_then_test,
                                           threshold_grid)
 from adainfer.policies.decisions import exit_layers, oracle_exit_layers, scheduled_decisions, stable_labels
+from adainfer.policies.base import PolicyFileError
 from adainfer.policies.io import load_policy
 
 LAYERS = 8
@@ -151,18 +152,26 @@ def test_the_policy_grid_is_fixed_at_fit_and_not_moved_by_calibration():
         assert np.isinf(certificate.threshold) or certificate.threshold in expected
 
 
-def test_an_old_config_with_min_layer_still_loads(tmp_path):
+def test_a_config_from_before_first_check_was_named_so_is_refused_clearly(tmp_path):
     X, top1 = traces(300, seed=11)
     policy = CalibratedPolicy(features=("score", "depth"), first_check=3).fit(X[:150], top1[:150])
     policy.calibrate(X[150:], top1[150:], epsilon=0.1, delta=0.05)
     directory = policy.save(tmp_path / "p", IDENTITY)
     config = json.loads((directory / "config.json").read_text())
     config["params"]["min_layer"] = config["params"].pop("first_check")  # as saved before the rename
-    del config["calibration"]["threshold_grid"]  # nor did old configs store a grid
+    (directory / "config.json").write_text(json.dumps(config))
+    with pytest.raises(PolicyFileError, match="min_layer"):
+        load_policy(directory, IDENTITY)
+
+
+def test_a_policy_saved_without_its_grid_cannot_calibrate_from_calibration_data(tmp_path):
+    X, top1 = traces(300, seed=11)
+    policy = CalibratedPolicy(features=("score", "depth"), first_check=3).fit(X[:150], top1[:150])
+    directory = policy.save(tmp_path / "p", IDENTITY)
+    config = json.loads((directory / "config.json").read_text())
+    config["calibration"]["threshold_grid"] = None
     (directory / "config.json").write_text(json.dumps(config))
     loaded = load_policy(directory, IDENTITY)
-    assert loaded.first_check == 3 and loaded.threshold_ == policy.threshold_
-    np.testing.assert_array_equal(loaded.predict(X[150:, 2:]), policy.predict(X[150:, 2:]))
     with pytest.raises(ValueError, match="no threshold grid"):  # never a grid from calibration data
         loaded.calibrate(X[150:], top1[150:], epsilon=0.1, delta=0.05)
 

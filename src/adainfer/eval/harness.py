@@ -157,7 +157,7 @@ def load_setting(folder: Path) -> SettingData:
     splits = {}
     for split in ("train", "eval"):
         collection = read(folder / f"{split}{suffix}")
-        wanted = meta.get(f"{split}_prompts", len(collection))  # older caches: every prompt they hold
+        wanted = meta.get(f"{split}_prompts")  # a setting.json without the counts predates them: recollect
         if not isinstance(wanted, int) or not 1 <= wanted <= len(collection):
             raise HarnessError(f"{meta_path}: {split}_prompts={wanted!r}, but {folder / (split + suffix)} "
                                f"holds {len(collection)} complete prompts")

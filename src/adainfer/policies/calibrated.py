@@ -80,6 +80,16 @@ def threshold_grid(train_scores: np.ndarray, first_check: int = 1, size: int = 2
     return np.unique(np.quantile(eligible, np.linspace(0, 1, size)))[::-1]
 
 
+def check_threshold_grid(grid: Any) -> np.ndarray:
+    """`grid` as float64 thresholds (levels,), or ValueError unless it is non-empty, finite and
+    strictly descending (most cautious first): the order fixed-sequence testing needs."""
+    grid = np.asarray(grid, dtype=np.float64)
+    if grid.ndim != 1 or len(grid) == 0 or not np.isfinite(grid).all() or (np.diff(grid) >= 0).any():
+        raise ValueError("threshold grid must be a non-empty, finite, strictly descending 1-D array of thresholds "
+                         "(most cautious first), built from training scores")
+    return grid
+
+
 def learn_then_test(scores: np.ndarray, top1: np.ndarray, epsilon: float, delta: float, grid: np.ndarray,
                     first_check: int = 1) -> RiskCertificate:
     """The most aggressive threshold of `grid` reached while each one's risk is certified <= epsilon.
@@ -95,10 +105,7 @@ def learn_then_test(scores: np.ndarray, top1: np.ndarray, epsilon: float, delta:
     if scores.shape != top1.shape or scores.ndim != 2 or len(scores) == 0:
         raise ValueError(f"scores {scores.shape} and top1 {top1.shape} must be the same (prompts, layers)")
     check_first_check(first_check, scores.shape[1], allow_never=False)
-    grid = np.asarray(grid, dtype=np.float64)
-    if grid.ndim != 1 or len(grid) == 0 or not np.isfinite(grid).all() or (np.diff(grid) >= 0).any():
-        raise ValueError("grid must be a non-empty, finite, strictly descending 1-D array of thresholds "
-                         "(most cautious first), built from training scores")
+    grid = check_threshold_grid(grid)
     n = len(scores)
     chosen = RiskCertificate(epsilon, delta, n, float("inf"), 0.0, 1.0, 0)
     for tested, threshold in enumerate(grid, start=1):
@@ -262,7 +269,7 @@ class CalibratedScorer:
     def _load_calibration(self, calibration: Any) -> None:
         """The threshold, its grid and certificate from config.json's `calibration`, each checked."""
         if not isinstance(calibration, dict) or not set(calibration) <= {"threshold", "threshold_grid", "certificate"}:
-            raise ValueError("expected an object of threshold, threshold_grid (older policies have none) and certificate")
+            raise ValueError("expected an object of threshold, threshold_grid (none before calibration) and certificate")
         threshold = calibration.get("threshold")
         if threshold is not None:
             check_number("threshold", threshold)
@@ -272,10 +279,7 @@ class CalibratedScorer:
             if not isinstance(grid, list) or not all(isinstance(v, (int, float)) and not isinstance(v, bool)
                                                      for v in grid):
                 raise ValueError("threshold_grid must be a list of numbers")
-            grid = np.asarray(grid, dtype=np.float64)
-            if grid.ndim != 1 or len(grid) == 0 or not np.isfinite(grid).all() or (np.diff(grid) >= 0).any():
-                raise ValueError("threshold_grid must be finite and strictly descending")
-            self.threshold_grid_ = grid
+            self.threshold_grid_ = check_threshold_grid(grid)
         if calibration.get("certificate"):
             record = dict(calibration["certificate"])
             record["threshold"] = self.threshold_
@@ -284,12 +288,6 @@ class CalibratedScorer:
             for name in ("calibration_prompts", "thresholds_tested"):
                 check_number(name, record.get(name), minimum=0, integer=True)
             self.certificate_ = RiskCertificate(**record)
-
-    @classmethod
-    def _params_from_config(cls, params: dict) -> dict:
-        if "min_layer" in params:  # configs saved before the rename to first_check
-            params["first_check"] = params.pop("min_layer")
-        return super()._params_from_config(params)
 
 
 class CalibratedPolicy(CalibratedScorer, SVMPolicy):

@@ -79,6 +79,8 @@ def _check_fields(config: dict) -> None:
         if layers is None:
             raise ValueError("first_check needs n_layers")
         check_first_check(config["first_check"], layers)
+    elif layers is not None:
+        raise ValueError("first_check is missing: saved before policies learned a check schedule; refit it")
     candidates = config.get("candidate_ids")
     if candidates is not None and (not isinstance(candidates, list) or not candidates
                                    or len(set(candidates)) != len(candidates)
@@ -145,7 +147,6 @@ def load_policy(directory: str | Path, expected_identity: dict | None = None) ->
     policy._load_state(directory, config)
     if config["n_layers"] is not None:
         policy.n_layers_ = config["n_layers"]
-        if "first_check" in config:  # older policies have none: they check every layer
-            policy.first_check_ = config["first_check"]
+        policy.first_check_ = config["first_check"]
     policy.candidate_ids_ = tuple(config.get("candidate_ids") or ())
     return policy
