@@ -24,8 +24,8 @@ from __future__ import annotations
 import statistics
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
-from typing import TypeVar
+from dataclasses import asdict, dataclass, field
+from typing import Any, TypeVar
 
 import torch
 
@@ -55,9 +55,16 @@ class SpeedFigure:
     prefix_tokens: int  # the cached prefix's tokens (0: none)
     prefix_bytes: int  # its keys and values at every layer
     prefix_fallbacks: int  # timed prompts answered from their full prompt (tokens not extending the prefix)
+    peer_seconds: dict[str, float] = field(default_factory=dict)  # other engines timed in the same rotation
 
-    def to_dict(self) -> dict[str, float | int]:
-        return {key: round(value, 4) if isinstance(value, float) else value for key, value in asdict(self).items()}
+    def to_dict(self) -> dict[str, Any]:
+        return {key: _rounded(value) for key, value in asdict(self).items()}
+
+
+def _rounded(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {key: _rounded(item) for key, item in value.items()}
+    return round(value, 4) if isinstance(value, float) else value
 
 
 def _timed(run: Callable[[], T], device: torch.device) -> tuple[float, T]:
@@ -73,12 +80,14 @@ def _timed(run: Callable[[], T], device: torch.device) -> tuple[float, T]:
 
 def measure_speedup(model: EarlyExitModel, prompts: Sequence[str], policy: StopPolicy,
                     candidate_ids: Sequence[int] | None, batch_size: int,
-                    on_batch: Callable[[], None] | None = None) -> tuple[SpeedFigure, list[ExitResult]]:
+                    on_batch: Callable[[], None] | None = None,
+                    peers: dict[str, Callable[[list[str]], object]] | None = None) -> tuple[SpeedFigure, list[ExitResult]]:
     """Time the four passes of the module docstring on `prompts` in batches of `batch_size`, over
     the model's cached prefix where one is in use.
 
     Returns the figure and the early-exit results of the timed runs (so a caller can check them
-    against replay). `on_batch` is called after each timed batch, for progress bars.
+    against replay). `on_batch` is called after each timed batch, for progress bars. `peers` (name:
+    a function answering a batch) are other engines timed in the same rotation (`peer_seconds`).
     """
     if batch_size < 1 or not prompts:
         raise ValueError(f"need prompts and a batch size >= 1, got {len(prompts)} prompts, batch {batch_size}")
@@ -90,6 +99,7 @@ def measure_speedup(model: EarlyExitModel, prompts: Sequence[str], policy: StopP
         "cached_dense": lambda batch: dense_logits(model, batch, use_prefix=True),
         "full_depth": lambda batch: predict_batch(model, batch, policy, candidate_ids, first_check=never_check),
         "early_exit": lambda batch: predict_batch(model, batch, policy, candidate_ids),
+        **(peers or {}),
     }
     for run in passes.values():  # warm-ups: first calls allocate and pick kernels
         run(batches[0])
@@ -106,12 +116,13 @@ def measure_speedup(model: EarlyExitModel, prompts: Sequence[str], policy: StopP
                 results.extend(answered)
         if on_batch is not None:
             on_batch()
-    dense, cached, full_depth, early = (sum(seconds[name]) for name in passes)
+    dense, cached, full_depth, early = (sum(seconds[name]) for name in
+                                        ("dense", "cached_dense", "full_depth", "early_exit"))
     ratios = [d / e for d, e in zip(seconds["dense"], seconds["early_exit"])]
     # Each timed batch runs the three cached passes: a prompt that fell back did so three times.
     fallbacks = (prefix.fallbacks - fallbacks_before) // 3 if prefix is not None else 0
     figure = SpeedFigure(batch_size, len(prompts), dense, early, dense / early, statistics.median(ratios),
                          torch.get_num_threads(), full_depth, full_depth / early, cached, cached / early,
                          len(prefix) if prefix is not None else 0, prefix.nbytes if prefix is not None else 0,
-                         fallbacks)
+                         fallbacks, {name: sum(seconds[name]) for name in peers or {}})
     return figure, results
