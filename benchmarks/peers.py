@@ -6,7 +6,9 @@ converted from, and answers each prompt at batch 1 three ways:
 
 - `llama_cpp_full`: the whole prompt from an empty context;
 - `llama_cpp_state`: the demonstrations evaluated once, their state saved (`Llama.save_state`)
-  and restored (`load_state`) before each prompt's own tokens;
+  and restored (`load_state`) before each prompt's own tokens (the wrapper's `load_state` also
+  rewrites its n_ctx x vocabulary score array, 512 MB here, so this pass measures the Python
+  wrapper as much as llama.cpp);
 - `llama_cpp_rewind`: the demonstrations evaluated once and kept in the context; each prompt
   rewinds to the end of the demonstrations (`n_tokens = p`, the positions after it dropped from
   the KV cache by `eval`) and evaluates its own tokens: the cheapest reuse llama.cpp offers.
@@ -48,6 +50,32 @@ from adainfer.fit.timing import measure_speedup  # noqa: E402
 from adainfer.inference.dense import dense_answers  # noqa: E402
 
 
+def _llama(gguf: Path, threads: int):
+    """A llama.cpp context on `gguf` without its AMX weight repacking (`use_extra_bufts=False`).
+
+    On this machine's CPU (AMX_INT8) llama.cpp 0.3.36 repacks some weights into AMX buffers and
+    then segfaults in its first decode (ggml-org/llama.cpp#11115 reports the same class of crash);
+    its plain CPU kernels (AVX-512, VNNI) run. `Llama` has no argument for it, so the model
+    parameters it starts from are patched while it is built.
+    """
+    import llama_cpp
+    from llama_cpp import llama as llama_module
+
+    defaults = llama_module.llama_cpp.llama_model_default_params
+
+    def without_extra_buffers():
+        params = defaults()
+        params.use_extra_bufts = False
+        return params
+
+    llama_module.llama_cpp.llama_model_default_params = without_extra_buffers
+    try:
+        return llama_cpp.Llama(model_path=str(gguf), n_ctx=512, n_batch=512, n_threads=threads,
+                               n_threads_batch=threads, verbose=False)
+    finally:
+        llama_module.llama_cpp.llama_model_default_params = defaults
+
+
 class LlamaPasses:
     """The three llama.cpp passes, each on its own context (so one never clobbers another's KV
     cache between turns of the rotation); each records its answers."""
@@ -55,10 +83,7 @@ class LlamaPasses:
     NAMES = ("llama_cpp_full", "llama_cpp_state", "llama_cpp_rewind")
 
     def __init__(self, gguf: Path, threads: int, prefix_text: str, candidates: Sequence[int]) -> None:
-        from llama_cpp import Llama
-
-        self.contexts = {name: Llama(model_path=str(gguf), n_ctx=512, n_batch=512, n_threads=threads,
-                                     n_threads_batch=threads, verbose=False) for name in self.NAMES}
+        self.contexts = {name: _llama(gguf, threads) for name in self.NAMES}
         self.candidates = list(candidates)
         self.prefix = self._tokens("llama_cpp_full", prefix_text)
         for name in ("llama_cpp_state", "llama_cpp_rewind"):
