@@ -32,7 +32,7 @@ from pathlib import Path
 import numpy as np
 import pycrfsuite
 
-from adainfer.eval.collect import Collection
+from adainfer.eval.traces import Collection
 from adainfer.eval.harness import SettingData, load_setting
 from adainfer.eval.replay import evaluate_decisions, evaluate_policy, fit_on
 from adainfer.policies.crf import CRFPolicy

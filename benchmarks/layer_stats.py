@@ -9,7 +9,7 @@ import argparse
 import json
 from pathlib import Path
 
-from adainfer.eval.collect import load_collection
+from adainfer.eval.traces import load_collection
 
 
 def main() -> None:

@@ -36,7 +36,8 @@ from adainfer.engine.features import CANDIDATE_FEATURES
 from adainfer.engine.files import write_text_atomic
 from adainfer.engine.model import EarlyExitModel
 from adainfer.eval.collect import collect
-from adainfer.eval.harness import BASE_FEATURES, load_task, task_prompts
+from adainfer.data.task_data import load_task
+from adainfer.eval.harness import BASE_FEATURES, task_prompts
 from adainfer.scale.collect import RayRows, connected
 
 WORKERS = (1, 2)

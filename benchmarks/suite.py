@@ -68,10 +68,10 @@ from typing import Any
 import numpy as np
 import torch
 
+from adainfer.data.task_data import load_task
 from adainfer.data.tasks import build_prompts
 from adainfer.engine.batch import PaddedBatch, encode_batch
 from adainfer.engine.model import EarlyExitModel
-from adainfer.eval.harness import load_task
 from adainfer.inference.predict import predict, predict_batch
 from adainfer.policies.svm import SVMPolicy
 from suite_report import markdown

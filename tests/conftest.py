@@ -45,5 +45,5 @@ def classifier_dir(tiny_spaced_dir, tmp_path_factory) -> Path:
     model = EarlyExitModel.from_pretrained(str(tiny_spaced_dir))
     options = FitOptions(shots=2, sizes=SplitSizes(40, 80, 40), timing_prompts=0, resplits=0)
     fitted = fit_classifier(model, examples_source("parity", parity_examples()), options,
-                            tmp_path_factory.mktemp("serve-fit-cache"))
+                            cache_dir=tmp_path_factory.mktemp("serve-fit-cache"))
     return fitted.save(tmp_path_factory.mktemp("serve-classifier") / "parity")

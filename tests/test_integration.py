@@ -79,7 +79,7 @@ def test_fit_gives_a_certified_sst2_classifier_that_answers_raw_inputs(gemma, tm
 
     options = FitOptions(shots=2, epsilon=0.1, delta=0.1, sizes=SplitSizes(12, 30, 12), timing_prompts=4,
                          batch_sizes=(4,), resplits=10)
-    fitted = fit_classifier(gemma, task_source("sst2"), options, tmp_path / "runs", "gemma3-270m")
+    fitted = fit_classifier(gemma, task_source("sst2"), options, cache_dir=tmp_path / "runs", model_name="gemma3-270m")
     card = fitted.card
     assert card.answer_set == ["negative", "positive"] and card.split_sizes == {"train": 12, "calibration": 30,
                                                                                 "test": 12}

@@ -12,8 +12,10 @@ from transformers import PhiConfig, PhiForCausalLM
 
 from adainfer.data.tasks import read_prompts_jsonl
 from adainfer.engine.model import EarlyExitModel
-from adainfer.eval.collect import load_collection
-from adainfer.eval.harness import Setting, collect_setting, load_task, model_slug
+from adainfer.eval.traces import load_collection
+from adainfer.data.task_data import load_task
+from adainfer.engine.model import model_slug
+from adainfer.eval.harness import Setting, collect_setting
 from adainfer.policies.crf import CRFPolicy
 from adainfer.policies.svm import SVMPolicy
 from adainfer.testing.tiny_models import char_tokenizer, tiny_model
@@ -126,6 +128,13 @@ def test_collect_writes_every_prompt(llama_rows, tiny_llama_dir):
     assert collection.feature_names == ("gap", "top_prob", "depth")
     assert collection.model_identity == EarlyExitModel.from_pretrained(str(tiny_llama_dir)).identity()
     assert (collection.gold == SPACE).all()
+
+
+def test_collect_into_a_log_reports_progress_in_plain_lines(prompts_file, tiny_llama_dir, work):
+    result = ok("collect", prompts_file, "--out", work / "logged-rows.jsonl", *_model_args(tiny_llama_dir, work))
+    lines = stderr(result).splitlines()  # CliRunner's stderr is not a terminal, as a log file is not
+    assert lines[0].startswith("collecting: 1/20 (5 %), ") and ", ETA " in lines[0], lines
+    assert any(line.startswith("collecting: 20/20 (100 %), ") and "/s, done in " in line for line in lines), lines
 
 
 def test_collect_rerun_resumes_and_adds_nothing(llama_rows, prompts_file, tiny_llama_dir, work):
@@ -389,7 +398,7 @@ def test_every_verb_is_registered_once_in_the_order_help_lists_them():
 
     names = [command.name or command.callback.__name__ for command in app.registered_commands]
     assert names == ["fit", "info", "profile", "prompts", "collect", "train", "evaluate", "predict", "eval", "report",
-                     "export-traces", "transfer", "calibrate", "generate", "serve"]
+                     "export-traces", "transfer", "calibrate", "generate", "serve", "verify"]
     listed = invoke("--help").stdout
     positions = [listed.index(f" {name} ") for name in ("fit", "info", "collect", "predict", "eval", "calibrate", "generate",
                                                     "serve")]

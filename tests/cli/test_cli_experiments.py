@@ -101,7 +101,7 @@ def test_calibrate_rejects_bad_arguments(evaluated, args, keywords):
 
 
 def test_calibrate_refuses_a_first_check_at_the_last_layer_and_keeps_one_below_it(evaluated):
-    from adainfer.eval.collect import load_collection
+    from adainfer.eval.traces import load_collection
     from adainfer.policies.io import load_policy
 
     work, _ = evaluated

@@ -28,6 +28,12 @@ def test_fit_writes_a_classifier_with_its_card_and_prints_the_summary(fitted):
     assert card["command"].startswith("adainfer fit ") and "--epsilon 0.1" in card["command"]
     assert "dense accuracy" in result.stdout and "measured speedup" in result.stdout and "certificate" in result.stdout
     assert (work / "clf" / "card.md").read_text().startswith("# Early-exit classifier: parity")
+    # Scorer and first check were chosen on the train split; every candidate tried is on the card.
+    assert card["scorer"]["scorer"] in {c["scorer"] for c in card["scorer"]["candidates"]}
+    assert card["first_check"] == card["scorer"]["first_check"] and "scorer:" in result.stdout
+    # At epsilon = delta = 0.1, 38 calibration prompts certify a policy changing 5 % of answers: 40 need no warning.
+    assert card["calibration_needed"]["calibration_prompts"] == 40
+    assert card["calibration_needed"]["half_epsilon_risk"] == 38 and "warning" not in stderr(result)
 
 
 def test_predict_answers_raw_inputs_in_batches_and_compares_with_the_dense_model(fitted, tiny_spaced_dir):
@@ -67,6 +73,7 @@ def test_bad_tasks_are_one_error_line_and_write_nothing(tmp_path, tiny_spaced_di
     (("--delta", 0), "--delta must be in (0, 1)"),
     (("--calibration", 10), "at least 22 are needed"),
     (("--workers", 2), "add --ray"),
+    (("--scorers", "forest"), "--scorers must name some of svm"),
     (("--ray", "--workers", 0), "--workers must be at least 1"),
 ])
 def test_bad_options_are_one_error_line_and_write_nothing(tmp_path, tiny_spaced_dir, options, message):
@@ -104,4 +111,6 @@ def test_profile_with_a_task_prints_the_best_reachable_speedup_and_a_verdict(tmp
     payoff = json.loads(result.stdout)
     assert payoff["prompts"] == 4 and payoff["closed_answer_set"] and payoff["best_speedup"] > 0
     assert payoff["verdict"] in stderr(result)
+    # 120 examples leave fit 30 calibration prompts: far fewer than epsilon = 5 % needs to certify much.
+    assert payoff["fit_calibration_prompts"] == 30 and "warning: only 30 calibration prompts" in stderr(result)
     assert json.loads((tmp_path / "payoff.json").read_text()) == payoff

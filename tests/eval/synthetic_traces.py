@@ -2,7 +2,7 @@
 
 import numpy as np
 
-from adainfer.eval.collect import Collection
+from adainfer.eval.traces import Collection
 from adainfer.eval.harness import Setting, SettingData
 
 LAYERS = 6

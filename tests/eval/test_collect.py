@@ -8,7 +8,8 @@ from filelock import FileLock
 from adainfer.data.tasks import LabelledPrompt
 from adainfer.engine.files import lock_path
 from adainfer.engine.model import EarlyExitModel
-from adainfer.eval.collect import CollectionFileError, collect, load_collection, prompt_rows
+from adainfer.eval.collect import collect, prompt_rows
+from adainfer.eval.traces import CollectionFileError, load_collection
 
 FEATURES = ("gap", "top_prob", "depth")
 PROMPTS = [
@@ -288,7 +289,7 @@ def test_select_of_an_uncollected_feature_names_it(fresh_file):
 
 
 def test_npz_traces_read_back_to_the_same_arrays_and_hash(fresh_file, tmp_path):
-    from adainfer.eval.collect import load_collection_npz, save_collection_npz
+    from adainfer.eval.traces import load_collection_npz, save_collection_npz
 
     collection = load_collection(fresh_file)
     back = load_collection_npz(save_collection_npz(collection, tmp_path / "traces.npz"))
@@ -300,7 +301,7 @@ def test_npz_traces_read_back_to_the_same_arrays_and_hash(fresh_file, tmp_path):
 
 @pytest.mark.parametrize("damage", ["garbage", "missing array", "wrong shape"])
 def test_a_damaged_npz_is_refused_with_its_name(fresh_file, tmp_path, damage):
-    from adainfer.eval.collect import load_collection_npz, save_collection_npz
+    from adainfer.eval.traces import load_collection_npz, save_collection_npz
 
     path = tmp_path / "traces.npz"
     if damage == "garbage":

@@ -7,9 +7,10 @@ import pytest
 
 from adainfer.data.tasks import TASKS, TaskSpec, read_prompts_jsonl
 from adainfer.engine.model import EarlyExitModel
-from adainfer.eval.collect import CollectionFileError, load_collection
-from adainfer.eval.harness import (BASE_FEATURES, HarnessError, Setting, collect_setting, load_setting, load_task,
-                              model_slug)
+from adainfer.eval.traces import CollectionFileError, load_collection
+from adainfer.data.task_data import load_task
+from adainfer.engine.model import model_slug
+from adainfer.eval.harness import BASE_FEATURES, HarnessError, Setting, collect_setting, load_setting
 
 
 @pytest.fixture(scope="module")
@@ -105,7 +106,7 @@ def test_too_few_demonstrations_name_the_setting(model, tmp_path):
 def test_a_cache_extended_by_a_larger_run_reports_on_the_prompts_of_its_setting(tmp_path):
     from synthetic_traces import synthetic
 
-    from adainfer.eval.collect import save_collection_npz
+    from adainfer.eval.traces import save_collection_npz
     from adainfer.eval.harness import Setting, SettingData, export_setting, load_setting
 
     data = SettingData(Setting("a", 5), "toys", synthetic(40, 0), synthetic(30, 1))

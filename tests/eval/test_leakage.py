@@ -15,7 +15,8 @@ from typer.testing import CliRunner
 
 from adainfer.cli.app import app
 from adainfer.data.tasks import TASKS, LabelledPrompt, read_prompts_jsonl
-from adainfer.eval.harness import TaskData, load_task, task_prompts
+from adainfer.data.task_data import TaskData, load_task
+from adainfer.eval.harness import task_prompts
 
 LIMIT = 30  # prompts per split: enough draws to catch a shared pool, quick on the largest task
 SHOTS = 5  # every built-in task has at least 5 train items per key besides any query

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from adainfer.eval.collect import Collection
+from adainfer.eval.traces import Collection
 from adainfer.eval.replay import evaluate_policy, fit_on, replay_exits, training_labels
 from adainfer.policies.calibrated import CalibratedPolicy
 from adainfer.policies.decisions import stable_labels

@@ -13,7 +13,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from adainfer.data.tasks import load_jsonl_task, read_prompts_jsonl
-from adainfer.eval.collect import load_collection
+from adainfer.eval.traces import load_collection
 from adainfer.policies.svm import SVMPolicy
 
 FUZZ = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])

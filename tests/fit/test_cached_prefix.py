@@ -22,7 +22,7 @@ def model(tiny_spaced_dir):
 @pytest.fixture(scope="module")
 def fitted(model, tmp_path_factory):
     return fit_classifier(model, examples_source("parity", parity_examples()), OPTIONS,
-                          tmp_path_factory.mktemp("fit-cache"), "tiny", "cmd")
+                          cache_dir=tmp_path_factory.mktemp("fit-cache"), model_name="tiny", command="cmd")
 
 
 def test_the_fit_caches_its_demonstrations_and_times_four_passes_over_them(fitted, model):

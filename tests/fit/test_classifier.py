@@ -27,6 +27,17 @@ def test_fit_learns_state_in_underscored_attributes_and_keeps_its_arguments(fitt
     assert fitted.card_.speed == []  # no timing unless asked
 
 
+def test_measure_speed_times_as_many_test_prompts_as_asked(tiny_spaced_dir, tmp_path):
+    examples = parity_examples(300)
+    classifier = EarlyExitClassifier(EarlyExitModel.from_pretrained(str(tiny_spaced_dir)), shots=2, epsilon=0.1,
+                                     delta=0.1, train_size=40, calibration_size=60, test_size=30, measure_speed=True,
+                                     timing_prompts=6, cache_dir=tmp_path)
+    classifier.fit([e.input for e in examples], [e.output for e in examples])
+    assert [(figure["batch_size"], figure["prompts"]) for figure in classifier.card_.speed] == [(1, 6), (16, 6)]
+    with pytest.raises(TypeError):
+        EarlyExitClassifier(None, 2)  # beyond the model, arguments are keyword-only (scikit-learn's habit)
+
+
 def test_predict_gives_labels_of_the_answer_set_and_score_is_their_accuracy(fitted):
     examples = parity_examples(20, seed=7)
     texts, labels = [e.input for e in examples], [e.output for e in examples]

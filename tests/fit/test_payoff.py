@@ -10,7 +10,8 @@ from fit_data import parity_examples
 def test_the_best_speedup_is_the_oracle_exit_with_one_check_priced_by_the_measured_parts():
     model = tiny_spaced_exit_model("llama")
     source = examples_source("parity", parity_examples(200))
-    payoff = measure_payoff(model, "parity", source.train_pool, source.eval_pool, None, shots=2, sample=6, repeats=1)
+    payoff = measure_payoff(model, name="parity", train_pool=source.train_pool, eval_pool=source.eval_pool,
+                            choices=None, shots=2, sample=6, repeats=1)
     assert payoff.prompts == 6 and payoff.closed_answer_set and payoff.num_layers == 4
     spent = payoff.oracle_mean_exit_layer * payoff.layer_seconds + payoff.candidate_check_seconds
     assert payoff.best_speedup == pytest.approx((4 * payoff.layer_seconds + payoff.full_check_seconds) / spent)

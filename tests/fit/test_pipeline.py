@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from adainfer.engine.model import EarlyExitModel
-from adainfer.eval.collect import load_collection
+from adainfer.eval.traces import load_collection
 from adainfer.eval.replay import policy_decisions
 from adainfer.policies.decisions import answers_at, exit_layers
 from adainfer.fit.classifier import classify, load_classifier
@@ -28,7 +28,7 @@ def model(tiny_spaced_dir):
 @pytest.fixture(scope="module")
 def fitted(model, tmp_path_factory):
     cache = tmp_path_factory.mktemp("fit-cache")
-    return fit_classifier(model, examples_source("parity", parity_examples()), OPTIONS, cache, "tiny", "cmd"), cache
+    return fit_classifier(model, examples_source("parity", parity_examples()), OPTIONS, cache_dir=cache, model_name="tiny", command="cmd"), cache
 
 
 def test_the_certificate_is_learn_then_test_on_the_calibration_split(fitted):
@@ -78,7 +78,7 @@ def test_a_rerun_resumes_from_the_cached_traces(fitted, model):
     first, cache = fitted
     rows = sorted(cache.rglob("*.jsonl"))
     before = {path: path.read_bytes() for path in rows}
-    again = fit_classifier(model, examples_source("parity", parity_examples()), OPTIONS, cache, "tiny", "cmd")
+    again = fit_classifier(model, examples_source("parity", parity_examples()), OPTIONS, cache_dir=cache, model_name="tiny", command="cmd")
     assert {path: path.read_bytes() for path in rows} == before
     assert again.card.certificate == first.card.certificate and again.card.test["accuracy"] == first.card.test["accuracy"]
     assert [path.name for path in rows] == ["held_out.jsonl", "held_out.prompts.jsonl", "train.jsonl",
@@ -99,11 +99,11 @@ def test_other_split_sizes_reuse_the_cache_and_collect_only_what_it_lacks(fitted
     held_out = next(copy.rglob("held_out.jsonl"))
     before = held_out.read_bytes()
     smaller = FitOptions(shots=2, sizes=SplitSizes(30, 60, 40), timing_prompts=0, resplits=0)
-    refit = fit_classifier(model, source, smaller, copy)
+    refit = fit_classifier(model, source, smaller, cache_dir=copy)
     assert held_out.read_bytes() == before  # 60 + 40 of the 120 cached: nothing collected
     assert refit.card.split_sizes == {"train": 30, "calibration": 60, "test": 40}
     larger = FitOptions(shots=2, sizes=SplitSizes(40, 80, 60), timing_prompts=0, resplits=0)
-    fit_classifier(model, source, larger, copy)
+    fit_classifier(model, source, larger, cache_dir=copy)
     grown = load_collection(held_out)
     assert len(grown) == 140 and held_out.read_bytes().startswith(before[:before.index(b"\n") + 1])
 
@@ -113,7 +113,7 @@ def test_too_few_calibration_prompts_for_epsilon_is_refused_before_any_trace(mod
     assert (1 - 0.05) ** 59 <= 0.05 < (1 - 0.05) ** 58
     options = FitOptions(shots=2, sizes=SplitSizes(40, 30, 40))
     with pytest.raises(FitError, match="at least 59 are needed"):
-        fit_classifier(model, examples_source("parity", parity_examples()), options, tmp_path)
+        fit_classifier(model, examples_source("parity", parity_examples()), options, cache_dir=tmp_path)
     assert not any(tmp_path.iterdir())
     for bad in (0.0, 1.0, -0.1, float("nan")):
         with pytest.raises(FitError, match="in \\(0, 1\\)"):
@@ -123,7 +123,7 @@ def test_too_few_calibration_prompts_for_epsilon_is_refused_before_any_trace(mod
 @pytest.mark.parametrize("task, letters", [("mmlu", ["A", "B", "C", "D"]), ("commonsense_qa", ["A", "B", "C", "D", "E"])])
 def test_multiple_choice_tasks_fit_with_their_letters_as_the_answer_set(model, tmp_path, task, letters):
     options = FitOptions(shots=1, epsilon=0.2, delta=0.2, sizes=SplitSizes(12, 16, 8), timing_prompts=0, resplits=5)
-    fitted = fit_classifier(model, task_source(task), options, tmp_path)
+    fitted = fit_classifier(model, task_source(task), options, cache_dir=tmp_path)
     assert fitted.card.answer_set == letters
     assert fitted.card.test["prompts"] == 8 and np.isfinite(fitted.card.test["accuracy"])
 
@@ -133,7 +133,7 @@ def test_an_open_vocabulary_task_reads_the_full_lens_under_a_learned_schedule(mo
     examples = [Example(f"item {i} of {w}", f"{w}{i}") for i, w in enumerate(("alpha", "beta", "gamma", "delta") * 60)]
     options = FitOptions(shots=1, epsilon=0.2, delta=0.2, sizes=SplitSizes(30, 40, 20), timing_prompts=4,
                          batch_sizes=(2,), resplits=5)
-    fitted = fit_classifier(model, examples_source("open", examples), options, tmp_path)
+    fitted = fit_classifier(model, examples_source("open", examples), options, cache_dir=tmp_path)
     card = fitted.card
     assert card.answer_set is None and card.features == ["gap", "top_prob", "agree_prev", "depth"]
     assert 1 <= card.first_check < model.num_layers and fitted.policy.first_check_ == card.first_check

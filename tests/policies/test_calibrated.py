@@ -7,7 +7,7 @@ import pytest
 
 from adainfer.policies.calibrated import (CalibratedPolicy, binomial_p_value, exits_at, learn_then_test,
                                           threshold_grid)
-from adainfer.policies.decisions import oracle_exit_layers, stable_labels
+from adainfer.policies.decisions import exit_layers, oracle_exit_layers, scheduled_decisions, stable_labels
 from adainfer.policies.io import load_policy
 
 LAYERS = 8
@@ -76,15 +76,15 @@ def test_calibrated_policy_needs_no_labels_saves_its_certificate_and_decides_onl
     policy = CalibratedPolicy(features=("score", "depth"), first_check=2).fit(X[:150], top1[:150])
     certificate = policy.calibrate(X[150:], top1[150:], epsilon=0.1, delta=0.05)
     assert certificate.calibration_prompts == 150 and np.isfinite(policy.threshold_)
-    decisions = policy.predict(X[150:])
+    decisions = scheduled_decisions(policy, X[150:], first_check=2)
     assert not decisions[:, 0].any()  # first_check 2: layer 1 is never accepted
-    for row in range(5):
+    for row in range(5):  # a walk shows the policy its trace from the first checked layer on
         for layer in range(1, LAYERS):
-            assert policy.should_exit(X[150 + row, : layer + 1]) == bool(decisions[row, layer])
+            assert policy.should_exit(X[150 + row, 1: layer + 1]) == bool(decisions[row, layer])
     loaded = load_policy(policy.save(tmp_path / "p", IDENTITY), IDENTITY)
     assert type(loaded) is CalibratedPolicy and loaded.threshold_ == policy.threshold_
     assert loaded.certificate_ == certificate
-    np.testing.assert_array_equal(loaded.predict(X[150:]), decisions)
+    np.testing.assert_array_equal(scheduled_decisions(loaded, X[150:], first_check=2), decisions)
     np.testing.assert_array_equal(loaded.threshold_grid_, policy.threshold_grid_)
     assert loaded.calibrate(X[150:], top1[150:], epsilon=0.1, delta=0.05) == certificate  # calibrates the same way
 
@@ -162,6 +162,23 @@ def test_an_old_config_with_min_layer_still_loads(tmp_path):
     (directory / "config.json").write_text(json.dumps(config))
     loaded = load_policy(directory, IDENTITY)
     assert loaded.first_check == 3 and loaded.threshold_ == policy.threshold_
-    np.testing.assert_array_equal(loaded.predict(X[150:]), policy.predict(X[150:]))
+    np.testing.assert_array_equal(loaded.predict(X[150:, 2:]), policy.predict(X[150:, 2:]))
     with pytest.raises(ValueError, match="no threshold grid"):  # never a grid from calibration data
         loaded.calibrate(X[150:], top1[150:], epsilon=0.1, delta=0.05)
+
+
+@pytest.mark.parametrize("first_check, stability", [(1, False), (3, False), (4, True)])
+def test_the_exits_deployed_are_the_exits_certified(first_check, stability):
+    """What Learn then Test certified (exits_at on full-depth margins) is what a scheduled walk does:
+    a policy asked from layer f on may exit at f itself, not only once it has seen f more layers."""
+    X, top1 = traces(300, seed=12)
+    agree = np.zeros(top1.shape, dtype=np.float32)
+    agree[:, 1:] = top1[:, 1:] == top1[:, :-1]
+    X = np.concatenate([X, agree[..., None]], axis=-1)
+    policy = CalibratedPolicy(features=("gap", "depth", "agree_prev"), first_check=first_check,
+                              stability=stability).fit(X[:150], top1[:150])
+    policy.calibrate(X[150:], top1[150:], epsilon=0.2, delta=0.1)
+    certified = exits_at(policy.margins(X[150:]), policy.threshold_, first_check)
+    deployed = exit_layers(scheduled_decisions(policy, X[150:], first_check))
+    np.testing.assert_array_equal(deployed, certified)
+    assert (deployed == first_check).any()  # the first checked layer itself is an exit

@@ -134,4 +134,4 @@ def test_every_policy_class_of_the_package_is_a_kind_load_policy_knows():
 
     ours = {cls for cls in subclasses(StopPolicy) if cls.__module__.startswith("adainfer.policies.")}
     assert {cls.kind: cls for cls in ours} == POLICY_KINDS
-    assert set(POLICY_KINDS) == {"svm", "crf", "gap", "calibrated-svm"}
+    assert set(POLICY_KINDS) == {"svm", "crf", "gap", "calibrated-svm", "calibrated-gbt"}

@@ -32,6 +32,8 @@ from fit_data import parity_examples  # noqa: E402
 
 TEXTS = [example.input for example in parity_examples(32, seed=5)]
 PROMPT = "Q: 3 4\nA:"
+KEY = "ray-replica-key"  # the replicas must honour `--api-key` as `adainfer serve` does
+AUTH = {"Authorization": f"Bearer {KEY}"}
 
 
 @dataclass
@@ -54,7 +56,7 @@ def deployment(tiny_spaced_dir, classifier_dir):
     process = subprocess.Popen(
         [sys.executable, "-c", "from adainfer.cli.app import app; app()", "serve", "-p", str(classifier_dir),
          "-m", str(tiny_spaced_dir), "--ray", "--replicas", "2", "--port", str(port), "--max-batch-size", "8",
-         "--max-wait-ms", "20"],
+         "--max-wait-ms", "20", "--health-pid", "--api-key", KEY],
         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
     log: list[str] = []
     threading.Thread(target=lambda: log.extend(process.stderr), daemon=True).start()
@@ -85,7 +87,7 @@ def test_two_replicas_answer_concurrent_clients_as_one_process_classifies_alone(
     assert any(exit_layer < model.num_layers for _, exit_layer, _ in expected)  # some inputs exit early
 
     def post(text: str) -> tuple[str, int, bool]:
-        response = httpx.post(f"{deployment.url}/v1/classify", json={"input": text}, timeout=120)
+        response = httpx.post(f"{deployment.url}/v1/classify", json={"input": text}, timeout=120, headers=AUTH)
         assert response.status_code == 200, response.text
         answer = response.json()["answers"][0]
         return answer["label"], answer["exit_layer"], answer["accepted"]
@@ -101,10 +103,13 @@ def test_requests_are_spread_over_both_replicas(deployment):
 
 
 def test_the_http_api_is_the_one_adainfer_serve_answers(deployment, reference):
-    refused = httpx.post(f"{deployment.url}/v1/classify", json={"input": "3", "temperature": 1}, timeout=60)
+    unkeyed = httpx.post(f"{deployment.url}/v1/classify", json={"input": "3"}, timeout=60)
+    assert unkeyed.status_code == 401 and unkeyed.json()["error"]["type"] == "unauthorized"
+    refused = httpx.post(f"{deployment.url}/v1/classify", json={"input": "3", "temperature": 1}, timeout=60,
+                         headers=AUTH)
     assert refused.status_code == 422 and refused.text.count("\n") == 0
     assert refused.json()["error"]["type"] == "invalid_request"
-    client = openai.OpenAI(base_url=f"{deployment.url}/v1", api_key="unused", timeout=120)
+    client = openai.OpenAI(base_url=f"{deployment.url}/v1", api_key=KEY, timeout=120)
     [served] = [entry.id for entry in client.models.list().data]
     pieces = [chunk.choices[0].text for chunk in
               client.completions.create(model=served, prompt=PROMPT, max_tokens=12, stream=True)]

@@ -10,6 +10,8 @@ from collections.abc import Iterator
 
 import uvicorn
 
+from adainfer.serve.connections import ConnectionLimits, server_config
+
 
 def free_socket() -> socket.socket:
     """A listening-ready socket on a port the OS picked, handed to uvicorn (no race for the port)."""
@@ -20,10 +22,11 @@ def free_socket() -> socket.socket:
 
 
 @contextlib.contextmanager
-def running(app) -> Iterator[str]:
-    """Serve `app` with uvicorn on a thread of this process; yields its base URL, stops it after."""
+def running(app, limits: ConnectionLimits = ConnectionLimits()) -> Iterator[str]:
+    """Serve `app` with uvicorn as `adainfer serve` configures it (`limits`), on a thread of this
+    process; yields its base URL, stops it after."""
     sock = free_socket()
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
+    server = uvicorn.Server(server_config(app, "127.0.0.1", 0, limits=limits, log_level="warning"))
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
     deadline = time.monotonic() + 30

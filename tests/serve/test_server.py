@@ -239,7 +239,7 @@ def test_metrics_count_requests_latency_exit_layers_and_layers_saved(url, expect
 
 
 def test_docs_and_openapi_describe_the_endpoints(url):
-    assert "swagger" in httpx.get(f"{url}/docs").text.lower()
+    assert httpx.get(f"{url}/docs").status_code == 404  # off by default: its page loads scripts from a CDN
     paths = httpx.get(f"{url}/openapi.json").json()["paths"]
     assert {"/v1/classify", "/v1/completions", "/v1/models", "/healthz", "/metrics"} <= set(paths)
 

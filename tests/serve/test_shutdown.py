@@ -20,12 +20,14 @@ from adainfer.inference.generate import generate
 LONG_PROMPT = "The"  # the tiny model generates 2,000 tokens after it without an end of sequence (~3 s)
 
 
-def start_server(model_dir, classifier_dir) -> tuple[subprocess.Popen, str, list[str]]:
-    """The CLI on port 0 (the OS picks one); returns the process, its URL and its stderr lines so far (growing)."""
+def start_server(model_dir, classifier_dir, *extra: str,
+                 env: dict[str, str] | None = None) -> tuple[subprocess.Popen, str, list[str]]:
+    """The CLI on port 0 (the OS picks one), with `extra` options and `env` added to the environment;
+    returns the process, its URL and its stderr lines so far (growing)."""
     process = subprocess.Popen(
         [sys.executable, "-c", "from adainfer.cli.app import app; app()", "serve", "-p", str(classifier_dir),
-         "-m", str(model_dir), "--port", "0", "--threads", "1", "--max-wait-ms", "0"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+         "-m", str(model_dir), "--port", "0", "--threads", "1", "--max-wait-ms", "0", *extra],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})})
     lines: list[str] = []
 
     def drain() -> None:

@@ -11,11 +11,12 @@ from typing import Annotated
 
 import numpy as np
 import typer
-from rich.progress import Progress
 
 from adainfer.cli.common import (CacheOption, ModelOption, check_prompts, clean_errors, err, open_model,
                                  policy_candidates)
+from adainfer.cli.progress import progress_bar
 from adainfer.data.tasks import LabelledPrompt, read_inputs_jsonl, read_prompts_jsonl
+from adainfer.engine.files import check_output_file
 from adainfer.engine.model import EarlyExitModel
 from adainfer.fit.card import CARD_JSON, ClassifierCard
 from adainfer.fit.classifier import load_classifier
@@ -39,6 +40,8 @@ def predict(
     """Answer each input with early exit; with gold answers, the summary compares with the dense model."""
     if out is not None and out.exists() and inputs_file.exists() and out.resolve() == inputs_file.resolve():
         raise ValueError(f"--out {out} is the inputs file itself; choose another output file")
+    if out is not None:
+        check_output_file(out)  # before anything is written: os.replace would replace a device
     if batch_size < 1:
         raise ValueError(f"--batch-size must be at least 1, got {batch_size}")
     classifier = (policy_dir / CARD_JSON).is_file()
@@ -66,7 +69,7 @@ def predict(
                                        delete=False) if out else sys.stdout
     records = []
     try:
-        with Progress(console=err, transient=out is None) as progress:
+        with progress_bar(err, transient=out is None) as progress:
             bar = progress.add_task("predicting", total=len(items))
             for start in range(0, len(items), batch_size):
                 batch = items[start:start + batch_size]

@@ -16,7 +16,7 @@ from typer import rich_utils
 from typer._click.exceptions import ClickException, NoArgsIsHelpError
 from typer.core import TyperGroup
 
-from adainfer.cli import answering, experiments, fitting, model_info, serving, training
+from adainfer.cli import answering, experiments, fitting, model_info, serving, training, verifying
 from adainfer.cli.common import err
 
 
@@ -64,3 +64,4 @@ app.command()(experiments.transfer)
 app.command()(training.calibrate)
 app.command("generate")(answering.generate_command)
 app.command()(serving.serve)
+app.command()(verifying.verify)

@@ -21,6 +21,7 @@ from adainfer.data.tasks import LabelledPrompt
 from adainfer.engine.features import check_feature_names
 from adainfer.engine.loading import DEFAULT_MODEL, EMBEDDED_MODELS
 from adainfer.engine.model import EarlyExitModel
+from adainfer.engine.parameters import ParameterError
 from adainfer.policies.base import StopPolicy
 
 err = Console(stderr=True)
@@ -28,6 +29,9 @@ err = Console(stderr=True)
 ModelOption = Annotated[
     str | None,
     typer.Option("--model", "-m", help=f"Embedded model ({', '.join(EMBEDDED_MODELS)}), a local HF directory or a .gguf file. Default: {DEFAULT_MODEL}."),
+]
+DataDirOption = Annotated[
+    Path | None, typer.Option("--data-dir", help="Datasets folder. Default: $ADAINFER_DATA or ../shared/data.")
 ]
 CacheOption = Annotated[
     Path | None, typer.Option("--cache-dir", help="Where converted models are kept. Default: $ADAINFER_CACHE or ~/.cache/adainfer.")
@@ -42,8 +46,10 @@ def clean_errors(command: Callable[..., Any]) -> Callable[..., Any]:
         try:
             return command(*args, **kwargs)
         except (ValueError, OSError) as error:
+            message = (error.worded(f"--{error.parameter.replace('_', '-')}")
+                       if isinstance(error, ParameterError) and error.parameter else str(error))
             # Escaped: a message naming `.[ray]` or a path with brackets is text, not rich markup.
-            err.print(f"[red]error:[/red] {escape(str(error))}", highlight=False, soft_wrap=True)
+            err.print(f"[red]error:[/red] {escape(message)}", highlight=False, soft_wrap=True)
             raise typer.Exit(code=2) from None
 
     return wrapper
@@ -91,14 +97,20 @@ def parse_features(text: str) -> tuple[str, ...]:
     return check_feature_names([name.strip() for name in text.split(",") if name.strip()])
 
 
-def parse_ints(text: str) -> list[int]:
+def parse_ints(text: str, flag: str) -> list[int]:
+    """Comma-separated non-negative integers given to `flag` (named in the error)."""
     try:
         values = [int(part) for part in text.split(",") if part.strip()]
     except ValueError:
-        raise ValueError(f"expected comma-separated integers, got {text!r}") from None
+        raise ValueError(f"{flag} expects comma-separated integers, got {text!r}") from None
     if not values or min(values) < 0:
-        raise ValueError(f"expected non-negative integers, got {text!r}")
+        raise ValueError(f"{flag} expects non-negative integers, got {text!r}")
     return values
+
+
+def flag_error(error: ValueError, name: str, flag: str) -> ValueError:
+    """A library error about `name` (the domain's word) worded for the command line, where it is `flag`."""
+    return ValueError(str(error).replace(name, flag, 1))
 
 
 def command_line(context: typer.Context) -> str:

@@ -13,17 +13,21 @@ from pathlib import Path
 from typing import Annotated, Literal
 
 import typer
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from adainfer.cli.common import CacheOption, ModelOption, clean_errors, command_line, err, open_model, parse_ints
+from adainfer.cli.common import (CacheOption, DataDirOption, ModelOption, clean_errors, command_line, err,
+                                 open_model, parse_ints)
+from adainfer.cli.progress import progress_bar
 from adainfer.cli.scaling import AddressOption, RayOption, WorkersOption, check_ray_options, ray_connection, ray_rows
 from adainfer.data.tasks import TASKS, write_prompts_jsonl
 from adainfer.engine.cost_profile import CostProfile
+from adainfer.engine.files import check_output_file
 from adainfer.engine.model import EarlyExitModel
 from adainfer.eval.collect import RowSource
 from adainfer.eval.experiments import model_transfer_rows
+from adainfer.data.task_data import load_task
+from adainfer.engine.model import model_slug
 from adainfer.eval.harness import (HarnessError, Setting, SettingData, check_settings, collect_setting, export_setting,
-                                   load_setting, load_task, model_slug, settings_grid, task_prompts)
+                                   load_setting, settings_grid, task_prompts)
 from adainfer.eval.report import write_model_transfer, write_report
 
 DEFAULT_RUNS = Path("runs/cache")
@@ -37,9 +41,10 @@ def prompts(
     shots: Annotated[int, typer.Option(help="Demonstrations per prompt, always drawn from the task's train split.")] = 5,
     limit: Annotated[int | None, typer.Option(help="Number of prompts (a seeded sample).")] = None,
     seed: Annotated[int, typer.Option(help="The seed of an `adainfer eval` setting: --split eval and --split train then write exactly that setting's eval and train prompts (train draws with seed + 1). Use the same seed for both splits.")] = 0,
-    data_dir: Annotated[Path | None, typer.Option(help="Datasets folder. Default: $ADAINFER_DATA or ../shared/data.")] = None,
+    data_dir: DataDirOption = None,
 ) -> None:
     """Write zero- or few-shot prompts `Q: x\\nA:` with their gold answers, as `adainfer eval` builds them."""
+    check_output_file(out)
     written = task_prompts(load_task(task, data_dir), split, shots, limit, seed)
     write_prompts_jsonl(written, out)
     err.print(f"wrote {len(written)} prompts to {out}")
@@ -55,7 +60,7 @@ def eval_command(
     seed: Annotated[int, typer.Option(help="Seed of the prompt sample and demonstrations.")] = 0,
     runs: Annotated[Path, typer.Option(help="Cache of collected per-layer traces; reruns resume from it.")] = DEFAULT_RUNS,
     out: Annotated[Path | None, typer.Option(help="Where tables and figures go. Default: results/<model folder name>.")] = None,
-    data_dir: Annotated[Path | None, typer.Option(help="Datasets folder. Default: $ADAINFER_DATA or ../shared/data.")] = None,
+    data_dir: DataDirOption = None,
     model: ModelOption = None,
     cache_dir: CacheOption = None,
     ray: RayOption = False,
@@ -72,7 +77,7 @@ def eval_command(
             raise ValueError(f"unknown task {name!r}; known: {', '.join(TASKS)}, or a .jsonl file")
         if name.endswith(".jsonl") and not Path(name).is_file():
             raise ValueError(f"task file {name} does not exist")
-    grid = settings_grid(task_names, parse_ints(shots), seed)
+    grid = settings_grid(task_names, parse_ints(shots, "--shots"), seed)
     check_settings(grid, train_limit, limit, data_dir)
     started = time.perf_counter()
     with contextlib.ExitStack() as stack:
@@ -91,8 +96,7 @@ def _collect_grid(exit_model: EarlyExitModel, grid: list[Setting], runs: Path, t
                   data_dir: Path | None, row_source: RowSource | None) -> list[SettingData]:
     """`collect_setting` for every setting of the grid, under one progress bar."""
     collected = []
-    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
-    with Progress(*columns, console=err) as progress:
+    with progress_bar(err) as progress:
         bar = progress.add_task("", total=None)
         for number, setting in enumerate(grid, start=1):
             def on_prompt(split: str, done: int, total: int, name: str = setting.name, number: int = number) -> None:
@@ -161,7 +165,7 @@ def _setting_folders(runs: Path, tasks: str | None, shots: str | None = None) ->
         wanted = {name.strip() for name in tasks.split(",")}
         folders = [folder for folder in folders if folder.parent.name in wanted]
     if shots:
-        wanted_shots = set(parse_ints(shots))
+        wanted_shots = set(parse_ints(shots, "--shots"))
         folders = [folder for folder in folders
                    if json.loads((folder / "setting.json").read_text())["shots"] in wanted_shots]
     if not folders:

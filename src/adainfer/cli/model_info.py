@@ -8,12 +8,12 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
-from rich.progress import Progress
 from rich.table import Table
 
-from adainfer.cli.common import CacheOption, ModelOption, clean_errors, err, open_model
+from adainfer.cli.common import CacheOption, DataDirOption, ModelOption, clean_errors, err, open_model, parse_ints
+from adainfer.cli.progress import progress_bar
 from adainfer.engine.cost_profile import measure_cost_profile
-from adainfer.engine.files import write_text_atomic
+from adainfer.engine.files import check_output_file, write_text_atomic
 from adainfer.engine.loading import cache_root
 from adainfer.fit.payoff import measure_payoff
 from adainfer.fit.pipeline import task_source
@@ -47,20 +47,19 @@ def profile(
     task: Annotated[str | None, typer.Option(help="A built-in task or .jsonl file: will early exit pay on it? (times at its prompt length, the stable-answer oracle on a sample, the best reachable speedup, a verdict)")] = None,
     shots: Annotated[int, typer.Option(help="With --task: fixed demonstrations per prompt, as `adainfer fit` builds them.")] = 5,
     sample: Annotated[int, typer.Option(help="With --task: prompts whose oracle exit is measured.")] = 32,
-    data_dir: Annotated[Path | None, typer.Option(help="Datasets folder. Default: $ADAINFER_DATA or ../shared/data.")] = None,
+    data_dir: DataDirOption = None,
     model: ModelOption = None,
     cache_dir: CacheOption = None,
 ) -> None:
     """Time one decoder layer, one lens check (full vocabulary and candidate rows) and the dense forward, per prompt
     length; with --task, say whether early exit can pay on it."""
+    if out is not None:
+        check_output_file(out)  # before the minutes of measuring
     if task is not None:
         return _task_payoff(task, shots, sample, repeats, out, data_dir, model, cache_dir)
-    try:
-        lengths = [int(part) for part in seq_lens.split(",") if part.strip()]
-    except ValueError:
-        raise ValueError(f"--seq-lens must be comma-separated integers, got {seq_lens!r}") from None
+    lengths = parse_ints(seq_lens, "--seq-lens")
     exit_model = open_model(model, cache_dir)
-    with Progress(console=err, transient=True) as progress:
+    with progress_bar(err, transient=True) as progress:
         bar = progress.add_task("timing", total=len(lengths))
         measured = measure_cost_profile(exit_model, lengths, repeats, on_seq_len=lambda _: progress.advance(bar))
     layers = measured.num_layers
@@ -88,14 +87,17 @@ def _task_payoff(task: str, shots: int, sample: int, repeats: int, out: Path | N
         raise ValueError(f"--sample and --repeats must be at least 1, got {sample} and {repeats}")
     source = task_source(task, data_dir)
     exit_model = open_model(model, cache_dir)
-    with Progress(console=err, transient=True) as progress:
+    with progress_bar(err, transient=True) as progress:
         bar = progress.add_task("oracle exits", total=sample)
-        payoff = measure_payoff(exit_model, source.name, source.train_pool, source.eval_pool, source.choices, shots,
-                                sample, repeats=repeats, on_prompt=lambda done, total: progress.update(
+        payoff = measure_payoff(exit_model, name=source.name, train_pool=source.train_pool,
+                                eval_pool=source.eval_pool, choices=source.choices, shots=shots, sample=sample,
+                                repeats=repeats, on_prompt=lambda done, total: progress.update(
                                     bar, completed=done, total=total))
     text = json.dumps(payoff.to_dict(), indent=2)
     typer.echo(text)
     err.print(payoff.verdict, highlight=False, soft_wrap=True)
+    if payoff.calibration_warning:
+        err.print(f"warning: {payoff.calibration_warning}", highlight=False, soft_wrap=True)
     if out:
         write_text_atomic(out, text + "\n")
         err.print(f"wrote {out}")

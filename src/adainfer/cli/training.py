@@ -8,15 +8,18 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.progress import Progress
 
-from adainfer.cli.common import (CacheOption, ModelOption, check_prompts, clean_errors, err, open_model, parse_choices,
-                                 parse_features)
+from adainfer.cli.common import (CacheOption, ModelOption, check_prompts, clean_errors, err, flag_error, open_model,
+                                 parse_choices, parse_features)
+from adainfer.cli.progress import progress_bar
 from adainfer.data.tasks import read_prompts_jsonl
 from adainfer.engine.features import PAPER_FEATURES
+from adainfer.engine.files import check_output_directory, check_output_file
+from adainfer.engine.schedule import check_first_check
 from adainfer.eval.collect import collect as collect_rows
-from adainfer.eval.collect import load_collection
+from adainfer.eval.traces import load_collection
 from adainfer.eval.replay import evaluate_policy, fit_on
+from adainfer.policies.base import CONFIG_NAME
 from adainfer.policies.calibrated import CalibratedPolicy
 from adainfer.policies.crf import CRFPolicy
 from adainfer.policies.gap import GapThresholdPolicy
@@ -34,6 +37,7 @@ def collect(
     cache_dir: CacheOption = None,
 ) -> None:
     """Record one row per (prompt, layer): lens features and whether the layer's top-1 is the gold token."""
+    check_output_file(out)
     items = read_prompts_jsonl(prompts_file)
     if not items:
         raise ValueError(f"{prompts_file} holds no prompts: nothing to collect")
@@ -42,7 +46,7 @@ def collect(
     exit_model = open_model(model, cache_dir)
     check_prompts(exit_model, items, prompts_file)
     candidates = exit_model.candidate_tokens(answers) if answers else None
-    with Progress(console=err) as progress:
+    with progress_bar(err) as progress:
         bar = progress.add_task("collecting", total=len(items))
         added = collect_rows(exit_model, items, out, names, on_prompt=lambda _: progress.advance(bar),
                              candidate_ids=candidates)
@@ -62,6 +66,7 @@ def train(
     threshold: Annotated[float, typer.Option(help="Gap threshold for --policy gap.")] = 0.8,
 ) -> None:
     """Fit a stop policy on collected rows and save it with the identity of the model they came from."""
+    check_output_directory(out, CONFIG_NAME)
     if policy not in POLICIES:
         raise ValueError(f"--policy must be one of {', '.join(POLICIES)}, got {policy!r}")
     if not math.isfinite(threshold):
@@ -110,15 +115,17 @@ def calibrate(
 
     The thresholds tested come from the training rows' scores; the calibration rows only choose among them.
     """
+    check_output_directory(out, CONFIG_NAME)
     train = load_collection(train_rows)
     calibration = load_collection(calibration_rows)
     if train.model_identity != calibration.model_identity:
         raise ValueError(f"{train_rows} and {calibration_rows} come from different models")
     names = parse_features(features)
     layers = train.top1.shape[1]
-    if not 1 <= first_check <= layers - 1:
-        raise ValueError(f"--first-check must be in 1..{layers - 1} (layer {layers} is the last: no early exit "
-                         f"is possible there), got {first_check}")
+    try:
+        check_first_check(first_check, layers, allow_never=False)
+    except ValueError as error:
+        raise flag_error(error, "first_check", "--first-check") from None
     policy = fit_on(CalibratedPolicy(names, first_check=first_check), train)
     certificate = policy.calibrate(calibration.select(names), calibration.top1, epsilon, delta)
     policy.save(out, train.model_identity)

@@ -40,6 +40,7 @@ from adainfer.data.readers import (
     read_sst2,
 )
 from adainfer.engine.files import write_bytes_atomic
+from adainfer.engine.model import PromptError, check_text
 
 DATA_ENV = "ADAINFER_DATA"
 
@@ -247,10 +248,9 @@ def _read_jsonl(path: Path, keys: tuple[str, ...], error: type[ValueError],
                     raise error(f"{path} line {number}: {key!r} must be a non-empty string, "
                                 f"got {value!r}")
                 try:
-                    value.encode("utf-8")
-                except UnicodeEncodeError:
-                    raise error(f"{path} line {number}: {key!r} holds a lone surrogate escape (not valid "
-                                f"Unicode)") from None
+                    check_text(value, repr(key))
+                except PromptError as problem:
+                    raise error(f"{path} line {number}: {problem}") from None
             records.append({key: record.get(key, "") for key in (*keys, *optional)})
     return records
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,7 +19,30 @@ from adainfer.engine.prefix import PrefixCache
 
 
 class PromptError(ValueError):
-    """A prompt the model cannot take: empty, or longer than its context."""
+    """A prompt the model cannot take: empty, not valid Unicode, or longer than its context."""
+
+
+# C0 controls and DEL, except tab, newline, form feed and carriage return, which real text holds.
+_CONTROL = re.compile("[\x00-\x08\x0b\x0e-\x1f\x7f]")
+
+
+def check_text(text: object, what: str = "prompt", controls: bool = True) -> str:
+    """Refuse, with one line naming `what`, a text no tokenizer should be handed: not a string,
+    a lone surrogate escape (JSON's "\\ud800" decodes to one; the tokenizer raises a TypeError on
+    it), or (with `controls`) a control character such as NUL or ESC. Returns `text`.
+
+    One check for every way in: the CLI's input files, the server's requests, `encode` itself."""
+    if not isinstance(text, str):
+        raise PromptError(f"{what} must be a string, got {type(text).__name__}")
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as error:
+        raise PromptError(f"{what} holds a lone surrogate escape at character {error.start} "
+                          f"(not valid Unicode)") from None
+    found = _CONTROL.search(text) if controls else None
+    if found:
+        raise PromptError(f"{what} holds a control character ({found.group()!r}) at character {found.start()}")
+    return text
 
 
 @dataclass
@@ -74,6 +98,18 @@ class EarlyExitModel:
 
     def encode(self, prompt: str) -> torch.Tensor:
         """Token ids (1, seq) with the tokenizer's special tokens; rejects empty and over-long prompts."""
+        self.check_prompt(prompt)
+        input_ids = self.tokenizer(prompt, return_tensors="pt").input_ids
+        if input_ids.shape[1] > self.max_context:
+            raise PromptError(
+                f"prompt has {input_ids.shape[1]} tokens, more than the model's context of {self.max_context}"
+            )
+        return input_ids
+
+    def check_prompt(self, prompt: str) -> None:
+        """What `encode` checks without tokenizing (cheap enough for a server's event loop): not
+        empty, valid Unicode, and not more bytes than the context could hold."""
+        check_text(prompt, controls=False)
         if not prompt or not prompt.strip():
             raise PromptError("empty prompt")
         # Checked on bytes first: tokenizing a 50 MB prompt to count its tokens took a minute and 4 GB.
@@ -81,12 +117,6 @@ class EarlyExitModel:
         if size > self.max_context * self._longest_token_bytes():
             raise PromptError(f"prompt has {size} bytes, more than the model's context of {self.max_context} tokens "
                               f"can hold")
-        input_ids = self.tokenizer(prompt, return_tensors="pt").input_ids
-        if input_ids.shape[1] > self.max_context:
-            raise PromptError(
-                f"prompt has {input_ids.shape[1]} tokens, more than the model's context of {self.max_context}"
-            )
-        return input_ids
 
     def use_prefix(self, text: str | None) -> PrefixCache | None:
         """Compute `text`'s keys and values once; later prompts starting with it run only their own tokens.
@@ -164,3 +194,9 @@ class EarlyExitModel:
                      if candidate_ids else None)
         return LayerTrace(features=features[0], top1=top1[0], feature_names=reader.feature_names,
                           seq_len=input_ids.shape[1], cand_top1=cand_top1, cached_tokens=cached)
+
+
+def model_slug(model: EarlyExitModel) -> str:
+    """The folder name of `model`'s caches: its architecture and a hash of its LM head."""
+    identity = model.identity()
+    return f"{identity['architecture']}-{identity['head_sha256']}"

@@ -14,9 +14,9 @@ policy decides once asked is in `adainfer.policies.decisions`.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
-
 import numpy as np
+
+from adainfer.engine.stop_rule import StopRule
 
 # Features whose value at layer l compares the lens of layer l with that of layer l - 1.
 PREVIOUS_LENS_FEATURES: tuple[str, ...] = ("agree_prev", "cand_agree_prev")
@@ -27,7 +27,7 @@ def reads_previous_lens(feature_names: Sequence[str]) -> bool:
     return any(name in PREVIOUS_LENS_FEATURES for name in feature_names)
 
 
-def policy_first_check(policy: Any) -> int:
+def policy_first_check(policy: StopRule) -> int:
     """The first layer (1-based) at which `policy` reads the lens and is asked: the `first_check_`
     its `fit` learned (the earliest layer it accepted on any training prompt), else 1."""
     return int(getattr(policy, "first_check_", 1))
@@ -40,7 +40,7 @@ def check_first_check(first_check: int, num_layers: int, allow_never: bool = Tru
         raise ValueError(f"first_check must be an integer, got {first_check!r}")
     if 1 <= first_check <= num_layers - 1 or (allow_never and first_check == num_layers + 1):
         return int(first_check)
-    never = f" (or {num_layers + 1}: never check)" if allow_never else f" (layer {num_layers} is the last: exiting there saves nothing)"
+    never = f" (or {num_layers + 1}: never check)" if allow_never else f" (layer {num_layers} is the last: no early exit is possible there)"
     raise ValueError(f"first_check must be in 1..{num_layers - 1}{never}, got {first_check}")
 
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 import torch
@@ -19,6 +18,7 @@ from adainfer.engine.batch import keep_rows
 from adainfer.engine.executor import LayerExecutor, LayerInputs
 from adainfer.engine.features import FeatureReader
 from adainfer.engine.schedule import check_first_check, first_read_layer, policy_first_check, reads_previous_lens
+from adainfer.engine.stop_rule import StopRule
 
 
 @dataclass
@@ -46,7 +46,7 @@ class WalkResult:
 
 
 @torch.no_grad()
-def walk(executor: LayerExecutor, inputs: LayerInputs, policy: Any, candidate_ids: Sequence[int] | None = None,
+def walk(executor: LayerExecutor, inputs: LayerInputs, policy: StopRule, candidate_ids: Sequence[int] | None = None,
          keep_exit_hidden: bool = False, first_check: int | None = None) -> WalkResult:
     """Run `executor`'s layers on `inputs` (a batch), each row stopping where `policy` accepts.
 

@@ -16,7 +16,7 @@ import numpy as np
 from adainfer.engine.cost_profile import CostProfile
 from adainfer.engine.features import PAPER_FEATURES
 from adainfer.engine.schedule import policy_first_check
-from adainfer.eval.collect import Collection
+from adainfer.eval.traces import Collection
 from adainfer.eval.harness import SettingData
 from adainfer.eval.replay import evaluate_policy, fit_on, replay_exits
 from adainfer.policies.base import StopPolicy

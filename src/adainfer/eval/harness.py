@@ -17,79 +17,23 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-import numpy as np
 from filelock import FileLock
 
-from adainfer.data.tasks import (TASKS, Example, LabelledPrompt, build_prompts, load_examples, load_jsonl_task,
-                                 split_examples)
+from adainfer.data.task_data import TaskData, load_task
+from adainfer.data.tasks import LabelledPrompt, build_prompts
 from adainfer.engine.features import CANDIDATE_FEATURES
 from adainfer.engine.files import lock_path, write_text_atomic
-from adainfer.engine.model import EarlyExitModel
-from adainfer.eval.collect import (Collection, RowSource, collect_cached, load_collection, load_collection_npz,
-                                   save_collection_npz)
+from adainfer.engine.model import EarlyExitModel, model_slug
+from adainfer.eval.collect import RowSource, collect_cached
+from adainfer.eval.traces import Collection, load_collection, load_collection_npz, save_collection_npz
 
 # Everything the tables read: the paper's features, its factor study's cosines, and ours.
 BASE_FEATURES: tuple[str, ...] = ("gap", "top_prob", "depth", "cos_attn", "cos_mlp", "cos_hidden", "agree_prev")
 PAPER_SHOTS: tuple[int, ...] = (5, 10, 15, 20)
-CLASSIFIER_SPLIT_SEED = 20240304  # fixed: which eval rows may train classifiers never changes
 
 
 class HarnessError(ValueError):
     """A setting that cannot be built, or a cache that does not match it."""
-
-
-@dataclass(frozen=True)
-class TaskData:
-    """A task's splits and closed answer set; built-in or read from a user's JSONL file.
-
-    `train` gives demonstrations, `classifier` the queries of classifier-training prompts (the
-    train split unless the task says otherwise), `eval` the evaluated queries; no eval query's
-    input appears in `train` or `classifier`.
-    """
-
-    name: str
-    group: str
-    train: list[Example]
-    eval: list[Example]
-    choices: tuple[str, ...] | None
-    classifier: list[Example] | None = None
-
-    @property
-    def classifier_queries(self) -> list[Example]:
-        return self.train if self.classifier is None else self.classifier
-
-
-def _without(examples: list[Example], *others: list[Example]) -> list[Example]:
-    seen = {example.input for group in others for example in group}
-    return [example for example in examples if example.input not in seen]
-
-
-def load_task(task: str, data_dir: Path | None = None) -> TaskData:
-    """A registered task by name, or a user task from a `.jsonl` file of {input, output}.
-
-    A user file is split in two halves by a fixed seed (`tasks.split_examples`): the first half
-    gives demonstrations and classifier-training prompts, the second is evaluated.
-    """
-    if task.endswith(".jsonl"):
-        path = Path(task)
-        train, evaluation = split_examples(load_jsonl_task(path))
-        if not train or not evaluation:
-            raise HarnessError(f"{path} needs at least two examples to split into train and eval")
-        return TaskData(path.stem, "user", train, evaluation, None)
-    if task not in TASKS:
-        raise HarnessError(f"unknown task {task!r}; known: {', '.join(TASKS)}, or a path to a .jsonl file")
-    spec = TASKS[task]
-    train = load_examples(task, "train", data_dir)
-    evaluation = _without(load_examples(task, "eval", data_dir), train)
-    if not spec.classifier_queries_from_eval:
-        return TaskData(task, spec.group, train, evaluation, spec.choices)
-    # A fixed half of the eval split's distinct inputs, whatever the limits, so caches stay
-    # valid as limits grow; by input, because MMLU repeats some questions.
-    inputs = list(dict.fromkeys(example.input for example in evaluation))
-    order = np.random.default_rng(CLASSIFIER_SPLIT_SEED).permutation(len(inputs))
-    classifier_inputs = {inputs[i] for i in order[len(inputs) // 2:]}
-    return TaskData(task, spec.group, train, [e for e in evaluation if e.input not in classifier_inputs],
-                    spec.choices, classifier=[e for e in evaluation if e.input in classifier_inputs])
 
 
 @dataclass(frozen=True)
@@ -118,11 +62,6 @@ class SettingData:
     def content_sha256(self) -> str:
         """One hash of the setting's train and eval traces (`Collection.content_sha256`)."""
         return hashlib.sha256((self.train.content_sha256() + self.eval.content_sha256()).encode()).hexdigest()
-
-
-def model_slug(model: EarlyExitModel) -> str:
-    identity = model.identity()
-    return f"{identity['architecture']}-{identity['head_sha256']}"
 
 
 def task_prompts(task: TaskData, split: Literal["train", "eval"], shots: int, limit: int | None,

@@ -16,7 +16,7 @@ from adainfer.engine.cost import CostModel
 from adainfer.engine.cost_profile import CostProfile
 from adainfer.engine.features import needs_full_vocab
 from adainfer.engine.schedule import lens_reads, reads_previous_lens
-from adainfer.eval.collect import Collection
+from adainfer.eval.traces import Collection
 from adainfer.policies.base import StopPolicy
 from adainfer.policies.decisions import answers_at, exit_layers, oracle_exit_layers, scheduled_decisions, stable_labels
 

@@ -47,8 +47,13 @@ class ClassifierCard:
     speed: list[dict[str, Any]] = field(default_factory=list)
     resplit_check: dict[str, Any] = field(default_factory=dict)
     cost_profile: dict[str, Any] = field(default_factory=dict)
+    # Which scorer and first check cross-validation on the train split chose, and why (`fit.scorer_choice`).
+    scorer: dict[str, Any] = field(default_factory=dict)
+    # Calibration prompts a certificate needs at (epsilon, delta): any at all, and one keeping the CV savings.
+    calibration_needed: dict[str, Any] = field(default_factory=dict)
     command: str = ""
     prompt_format: str = PROMPT_FORMAT
+    prompt_sha256: str = ""  # of prompt_format + demonstrations at fit time ("" on cards fitted before it)
 
     def prompt(self, text: str) -> str:
         """The prompt this classifier was calibrated on, for one raw input."""
@@ -133,7 +138,12 @@ def summary_lines(card: ClassifierCard) -> list[str]:
         lines.append(f"test ({test['prompts']} prompts): dense accuracy {test['dense_accuracy']:.3f}, early exit "
                      f"{test['accuracy']:.3f}, agreement with dense {test['agreement_with_dense']:.3f} "
                      f"(disagreement {_pct(1 - test['agreement_with_dense'])}, promised <= {_pct(card.epsilon)})")
-        lines.append(f"layers saved {_pct(test['layers_saved'])}, honest FLOPs ratio {test['honest_flops_ratio']:.3f}")
+        share = test.get("share_of_oracle")  # absent from cards written before it was reported
+        lines.append(f"layers saved {_pct(test['layers_saved'])}"
+                     + (f" ({_pct(share)} of the stable-answer oracle's {_pct(test['oracle_layers_saved'])})"
+                        if share is not None else "")
+                     + f", honest FLOPs ratio {test['honest_flops_ratio']:.3f}")
+    lines += _choice_lines(card)
     for figure in card.speed:
         own = figure.get("speedup_vs_full_depth")  # absent from cards written before it was measured
         lines.append(f"measured speedup vs the model's forward at batch {figure['batch_size']}: "
@@ -153,6 +163,29 @@ def summary_lines(card: ClassifierCard) -> list[str]:
     return lines
 
 
+def _choice_lines(card: ClassifierCard) -> list[str]:
+    """The scorer cross-validation chose, and a warning when calibration is too small to keep its savings."""
+    lines = [f"scorer: {card.scorer['reason']}"] if card.scorer else []
+    needed = card.calibration_needed.get("cv_savings_of_chosen_scorer")
+    have = card.calibration_needed.get("calibration_prompts")
+    if needed is not None and have is not None and needed > have:
+        lines.append(f"calibration is small: {have} prompts certify less than the scorer could save; about {needed} "
+                     f"would keep its cross-validated savings at epsilon {card.epsilon}")
+    return lines
+
+
+def _candidate_rows(card: ClassifierCard) -> list[str]:
+    """card.md's table of the scorers and schedules cross-validation compared."""
+    if not card.scorer.get("candidates"):
+        return []
+    rows = ["## Scorer choice (cross-validation on the train split)", "",
+            "| scorer | first check | time saved | layers saved | disagreement | calibration needed |", "|---|---|---|---|---|---|"]
+    rows += [f"| {c['scorer']} | {c['first_check']} | {_pct(c['time_saved'])} | {_pct(c['layers_saved'])} | "
+             f"{_pct(c['disagreement'])} | {c['calibration_needed'] if c['calibration_needed'] is not None else '–'} |"
+             for c in card.scorer["candidates"]]
+    return rows + [""]
+
+
 def render_markdown(card: ClassifierCard) -> str:
     """card.md: the command, then the classifier, its certificate and its measured figures."""
     answers = ", ".join(card.answer_set) if card.answer_set else "open vocabulary (full-vocabulary lens)"
@@ -170,7 +203,7 @@ def render_markdown(card: ClassifierCard) -> str:
         f"| epsilon, delta | {card.epsilon}, {card.delta} |",
         f"| threshold | {card.certificate.get('threshold')} (p-value {card.certificate.get('p_value')}, "
         f"calibration risk {card.certificate.get('empirical_risk')}) |", "",
-        "## Summary", "", *[f"- {line}" for line in summary_lines(card)], "",
+        "## Summary", "", *[f"- {line}" for line in summary_lines(card)], "", *_candidate_rows(card),
     ]
     if card.resplit_check:
         check = card.resplit_check

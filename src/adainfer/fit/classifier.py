@@ -20,7 +20,9 @@ from adainfer.data.tasks import Example
 from adainfer.engine.loading import cache_root
 from adainfer.engine.model import EarlyExitModel
 from adainfer.fit.cached_prefix import use_demonstrations
+from adainfer.fit.calibration_arrays import read_calibration, read_calibration_bytes
 from adainfer.fit.card import CardError, ClassifierCard, read_card
+from adainfer.fit.card_checks import check_card
 from adainfer.fit.pipeline import FitOptions, FittedClassifier, examples_source, fit_classifier
 from adainfer.fit.splits import SplitSizes
 from adainfer.inference.predict import predict_batch
@@ -75,6 +77,9 @@ def load_classifier(directory: str | Path, model: EarlyExitModel) -> tuple[StopP
         raise CardError(f"{directory}: the card describes another model than its policy")
     if tuple(card.answer_token_ids or ()) != tuple(getattr(policy, "candidate_ids_", ())):
         raise CardError(f"{directory}: the card's answer set is not the one its policy was saved with")
+    arrays = read_calibration(Path(directory))
+    check_card(card, policy, model, directory=Path(directory),
+               recorded_prompt_sha256=arrays.prompt_sha256 if arrays else None)
     return policy, card
 
 
@@ -83,13 +88,14 @@ class EarlyExitClassifier:
 
     `model` is an `EarlyExitModel`, or what `EarlyExitModel.from_pretrained` takes (None: the
     embedded default), loaded on first use. Constructor arguments are stored unchanged; what
-    `fit` learns ends in `_` (`policy_`, `card_`).
+    `fit` learns ends in `_` (`policy_`, `card_`). With `measure_speed`, `fit` times
+    `timing_prompts` test prompts live against the model's forward (the card's speedups).
     """
 
-    def __init__(self, model: EarlyExitModel | str | None = None, shots: int = 5, epsilon: float = 0.05,
+    def __init__(self, model: EarlyExitModel | str | None = None, *, shots: int = 5, epsilon: float = 0.05,
                  delta: float = 0.05, choices: Sequence[str] | None = None, seed: int = 0, train_size: int = 100,
                  calibration_size: int = 200, test_size: int = 200, measure_speed: bool = False,
-                 batch_size: int = 16, cache_dir: str | Path | None = None) -> None:
+                 timing_prompts: int = 64, batch_size: int = 16, cache_dir: str | Path | None = None) -> None:
         self.model = model
         self.shots = shots
         self.epsilon = epsilon
@@ -100,6 +106,7 @@ class EarlyExitClassifier:
         self.calibration_size = calibration_size
         self.test_size = test_size
         self.measure_speed = measure_speed
+        self.timing_prompts = timing_prompts
         self.batch_size = batch_size
         self.cache_dir = cache_dir
 
@@ -118,11 +125,11 @@ class EarlyExitClassifier:
         options = FitOptions(shots=self.shots, epsilon=self.epsilon, delta=self.delta,
                              sizes=SplitSizes(self.train_size, self.calibration_size, self.test_size), seed=self.seed,
                              choices=tuple(self.choices) if self.choices else None,
-                             timing_prompts=64 if self.measure_speed else 0)
+                             timing_prompts=self.timing_prompts if self.measure_speed else 0)
         fitted = fit_classifier(self._model(), examples_source("classifier", [Example(t, y) for t, y in
                                                                              zip(texts, labels)]),
-                                options, Path(self.cache_dir) if self.cache_dir else cache_root() / "traces")
-        self.policy_, self.card_ = fitted.policy, fitted.card
+                                options, cache_dir=Path(self.cache_dir) if self.cache_dir else cache_root() / "traces")
+        self.policy_, self.card_, self.calibration_ = fitted.policy, fitted.card, fitted.calibration
         return self
 
     def predict_details(self, texts: Sequence[str]) -> list[Classification]:
@@ -142,13 +149,14 @@ class EarlyExitClassifier:
     def save(self, directory: str | Path) -> Path:
         """The policy directory with its card, written atomically."""
         self._check_fitted()
-        return FittedClassifier(self.policy_, self.card_).save(Path(directory))
+        return FittedClassifier(self.policy_, self.card_, getattr(self, "calibration_", None)).save(Path(directory))
 
     @classmethod
     def load(cls, directory: str | Path, model: EarlyExitModel | str | None = None) -> EarlyExitClassifier:
         """A classifier saved by `save` or `adainfer fit`; refused for another model."""
         classifier = cls(model)
         classifier.policy_, classifier.card_ = load_classifier(directory, classifier._model())
+        classifier.calibration_ = read_calibration_bytes(Path(directory))
         classifier.shots, classifier.epsilon, classifier.delta = (classifier.card_.shots, classifier.card_.epsilon,
                                                                   classifier.card_.delta)
         return classifier

@@ -19,6 +19,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
 import numpy as np
+from scipy.stats import binom
 
 from adainfer.engine.cost_profile import measure_cost_profile
 from adainfer.engine.model import EarlyExitModel
@@ -49,6 +50,8 @@ class Payoff:
     oracle_layers_saved: float
     best_speedup: float
     verdict: str
+    fit_calibration_prompts: int  # what `fit` with its default split sizes would calibrate on
+    calibration_warning: str | None  # set when that is too few to certify much at epsilon = delta = 5 %
 
     def to_dict(self) -> dict:
         return {key: round(value, 6) if isinstance(value, float) else value for key, value in asdict(self).items()}
@@ -67,8 +70,27 @@ def verdict(best_speedup: float, closed: bool) -> str:
             f"a certified policy keeps")
 
 
-def measure_payoff(model: EarlyExitModel, name: str, train_pool: list, eval_pool: list, choices: tuple[str, ...] | None,
-                   shots: int = 5, sample: int = 32, seed: int = 0, repeats: int = 3,
+def calibration_for_half_risk(epsilon: float, delta: float, largest: int = 100_000) -> int:
+    """The fewest calibration prompts with which Learn then Test certifies a policy that changes
+    epsilon / 2 of the answers (observed exactly so): below it, only exits that change almost no
+    answer can be certified, which a real scorer reaches only far from the oracle's savings."""
+    sizes = np.arange(1, largest + 1)
+    passing = np.flatnonzero(binom.cdf(np.floor(sizes * epsilon / 2), sizes, epsilon) <= delta)
+    return int(sizes[passing[0]]) if len(passing) else largest
+
+
+def calibration_warning(calibration_prompts: int, epsilon: float, delta: float) -> str | None:
+    """A line for the user when `calibration_prompts` are too few to certify savings near the oracle's."""
+    needed = calibration_for_half_risk(epsilon, delta)
+    if calibration_prompts >= needed:
+        return None
+    return (f"only {calibration_prompts} calibration prompts: at epsilon {epsilon}, delta {delta} Learn then Test "
+            f"certifies little below about {needed} (the fewest that certify a policy changing epsilon/2 of the "
+            f"answers); give the task more examples, or a larger epsilon")
+
+
+def measure_payoff(model: EarlyExitModel, *, name: str, train_pool: list, eval_pool: list,
+                   choices: tuple[str, ...] | None, shots: int = 5, sample: int = 32, seed: int = 0, repeats: int = 3,
                    on_prompt: Callable[[int, int], None] | None = None) -> Payoff:
     """Times and oracle exits on `sample` prompts of a task built as `fit` builds them (fixed demonstrations)."""
     answers = detect_answer_set(model, train_pool + eval_pool, choices)
@@ -90,8 +112,10 @@ def measure_payoff(model: EarlyExitModel, name: str, train_pool: list, eval_pool
     check = profile.candidate_check_seconds[0] if answers else full
     layers = model.num_layers
     best = (layers * layer + full) / float(np.mean(exits * layer + check))
+    fit_calibration = len(make_splits(train_pool, eval_pool, shots, SplitSizes(), seed, answers).calibration)
     return Payoff(task=name, prompts=len(prompts), seq_len=seq_len, num_layers=layers,
                   closed_answer_set=answers is not None, layer_seconds=layer, full_check_seconds=full,
                   candidate_check_seconds=profile.candidate_check_seconds[0], dense_seconds=profile.dense_seconds[0],
                   oracle_mean_exit_layer=float(exits.mean()), oracle_layers_saved=float(1 - exits.mean() / layers),
-                  best_speedup=best, verdict=verdict(best, answers is not None))
+                  best_speedup=best, verdict=verdict(best, answers is not None), fit_calibration_prompts=fit_calibration,
+                  calibration_warning=calibration_warning(fit_calibration, 0.05, 0.05))

@@ -4,12 +4,12 @@
    candidate rows of the head only; otherwise the task is open-vocabulary and reads the full lens.
 2. Fixed demonstrations and three disjoint splits by the seed (`fit.splits`).
 3. Full-depth traces of every prompt, cached and resumable (`eval.collect`).
-4. A check schedule fixed from the training traces and the measured price of a check
-   (`decisions.cheapest_first_check`).
-5. A label-free scorer (`CalibratedPolicy`) learns where the model's own answer stops changing;
-   Learn then Test certifies its threshold on the calibration split at (epsilon, delta) against
-   the full model's answer (the best candidate for a closed set).
-6. Figures on the test split: replayed accuracy, agreement, layers saved and FLOPs, a re-split
+4. A label-free scorer learns where the model's own answer stops changing; which scorer, and
+   its check schedule (`first_check`), are chosen by cross-validation on the train split alone
+   (`fit.scorer_choice`), pricing a check as measured. Learn then Test certifies its threshold
+   on the calibration split at (epsilon, delta) against the full model's answer (the best
+   candidate for a closed set).
+5. Figures on the test split: replayed accuracy, agreement, layers saved and FLOPs, a re-split
    check of the guarantee, and wall-clock speedup measured live against the model's forward.
 """
 
@@ -25,19 +25,25 @@ from pathlib import Path
 import numpy as np
 from filelock import FileLock
 
+from adainfer.data.task_data import load_task
 from adainfer.data.tasks import Example, split_examples
 from adainfer.engine.cost_profile import measure_cost_profile
 from adainfer.engine.files import lock_path
-from adainfer.engine.model import EarlyExitModel
-from adainfer.eval.collect import Collection, RowSource, collect_cached
-from adainfer.eval.harness import load_task, model_slug
+from adainfer.engine.model import EarlyExitModel, model_slug
+from adainfer.engine.parameters import ParameterError
+from adainfer.eval.collect import RowSource, collect_cached
 from adainfer.eval.replay import evaluate_policy, fit_on, policy_decisions
+from adainfer.eval.traces import Collection
 from adainfer.fit.answer_set import AnswerSet, detect_answer_set
 from adainfer.fit.cached_prefix import use_demonstrations
+from adainfer.fit.calibration_arrays import CALIBRATION_NPZ, CalibrationArrays
 from adainfer.fit.card import CARD_JSON, CARD_MD, ClassifierCard
+from adainfer.fit.card_checks import prompt_sha256
+from adainfer.fit.payoff import calibration_for_half_risk
+from adainfer.fit.scorer_choice import SCORERS, choose_scorer, schedule_candidates, share_of_oracle
 from adainfer.fit.splits import FitSplits, SplitSizes, make_splits
 from adainfer.fit.timing import measure_speedup
-from adainfer.policies.calibrated import CalibratedPolicy, resplit_exits
+from adainfer.policies.calibrated import CalibratedScorer, resplit_exits
 from adainfer.policies.decisions import answers_at, cheapest_first_check, exit_layers, oracle_exit_layers
 
 CLOSED_FEATURES: tuple[str, ...] = ("cand_gap", "cand_top_prob", "cand_agree_prev", "depth")
@@ -47,7 +53,7 @@ SPLITS: tuple[str, ...] = ("train", "calibration", "test")
 Progress = Callable[[str, int, int], None]
 
 
-class FitError(ValueError):
+class FitError(ParameterError):
     """Options or data that cannot give a certified classifier."""
 
 
@@ -64,12 +70,16 @@ class FitOptions:
     timing_prompts: int = 64
     batch_sizes: tuple[int, ...] = (1, 16)
     resplits: int = 100
+    scorers: tuple[str, ...] = tuple(SCORERS)  # compared on the train split; one: no choice
+    joint_schedule: bool = True  # choose first_check with the scorer; False: the oracle's cheapest
 
     def __post_init__(self) -> None:
+        if not self.scorers or any(name not in SCORERS for name in self.scorers):
+            raise FitError(f"must name some of {', '.join(SCORERS)}; got {', '.join(self.scorers) or 'none'}", "scorers")
         for name in ("epsilon", "delta"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < 1:
-                raise FitError(f"--{name} must be in (0, 1), got {value!r}")
+                raise FitError(f"must be in (0, 1), got {value!r}", name)
         if self.timing_prompts < 0 or any(size < 1 for size in self.batch_sizes) or self.resplits < 0:
             raise FitError("timing prompts and re-splits must be >= 0 and batch sizes >= 1")
 
@@ -108,13 +118,18 @@ def minimum_calibration_prompts(epsilon: float, delta: float) -> int:
 class FittedClassifier:
     """What `fit_classifier` returns: the calibrated policy and its card."""
 
-    policy: CalibratedPolicy
+    policy: CalibratedScorer
     card: ClassifierCard
+    calibration: bytes | None = None  # calibration.npz (`fit.calibration_arrays`); None for older fits
 
     def save(self, directory: Path) -> Path:
-        """The policy directory with card.json and card.md among its hashed parts, written atomically."""
+        """The policy directory with card.json, card.md and calibration.npz among its hashed parts,
+        written atomically."""
+        parts: dict[str, str | bytes] = {CARD_JSON: self.card.to_json(), CARD_MD: self.card.to_markdown()}
+        if self.calibration is not None:
+            parts[CALIBRATION_NPZ] = self.calibration
         return self.policy.save(directory, self.card.model_identity, candidate_ids=self.card.answer_token_ids,
-                                extra_parts={CARD_JSON: self.card.to_json(), CARD_MD: self.card.to_markdown()})
+                                extra_parts=parts)
 
 
 def _collect_splits(model: EarlyExitModel, splits: FitSplits, folder: Path, features: tuple[str, ...],
@@ -162,7 +177,7 @@ def _reference(collection: Collection, answers: AnswerSet | None) -> np.ndarray:
     return collection.cand_top1 if answers else collection.top1
 
 
-def resplit_check(policy: CalibratedPolicy, calibration: Collection, test: Collection, answers: AnswerSet | None,
+def resplit_check(policy: CalibratedScorer, calibration: Collection, test: Collection, answers: AnswerSet | None,
                   epsilon: float, delta: float, splits: int, seed: int) -> dict:
     """The guarantee checked on `splits` random calibration/test splits of the held-out traces.
 
@@ -205,17 +220,17 @@ def plan_fit(model: EarlyExitModel, source: TaskSource, options: FitOptions) -> 
     if len(splits.calibration) < needed:
         raise FitError(f"{len(splits.calibration)} calibration prompts cannot certify epsilon={options.epsilon} at "
                        f"delta={options.delta}: at least {needed} are needed (with no changed answer, more with "
-                       f"some); give more examples or --calibration, or a larger --epsilon")
+                       f"some); give more examples or calibration prompts, or a larger epsilon")
     for split in SPLITS:  # a prompt over the context is refused now, not after an hour of collection
         for number, prompt in enumerate(splits.prompts(split), start=1):
             try:
                 model.encode(prompt.prompt)
             except ValueError as error:
-                raise FitError(f"{split} prompt {number}: {error} (fewer --shots make prompts shorter)") from None
+                raise FitError(f"{split} prompt {number}: {error} (fewer shots make prompts shorter)") from None
     return FitPlan(answers, splits)
 
 
-def fit_classifier(model: EarlyExitModel, source: TaskSource, options: FitOptions, cache_dir: Path,
+def fit_classifier(model: EarlyExitModel, source: TaskSource, options: FitOptions, *, cache_dir: Path,
                    model_name: str = "", command: str = "", progress: Progress | None = None,
                    plan: FitPlan | None = None, row_source: RowSource | None = None) -> FittedClassifier:
     """Fit, certify and measure an early-exit classifier for `source` on `model` (see the module docstring).
@@ -238,8 +253,13 @@ def fit_classifier(model: EarlyExitModel, source: TaskSource, options: FitOption
     profile = measure_cost_profile(model, [typical_length], repeats=3,
                                    candidate_count=len(answers.token_ids) if answers else 4)
     check_cost = profile.check_seconds_at(typical_length, answers is not None) / profile.layer_seconds_at(typical_length)
-    first_check = cheapest_first_check(oracle_exit_layers(_reference(train, answers)), model.num_layers, check_cost)
-    policy = fit_on(CalibratedPolicy(features, first_check=first_check), train)
+    cheapest = cheapest_first_check(oracle_exit_layers(_reference(train, answers)), model.num_layers, check_cost)
+    choice = choose_scorer(train.select(features), _reference(train, answers), features, options.epsilon,
+                           options.delta, len(calibration), check_cost,
+                           schedule_candidates(model.num_layers, cheapest) if options.joint_schedule else [cheapest],
+                           options.scorers)
+    first_check = choice.first_check
+    policy = fit_on(choice.build(features), train)
     certificate = policy.calibrate(calibration.select(features), _reference(calibration, answers),
                                    options.epsilon, options.delta)
     report = evaluate_policy(policy, test, policy.first_check_, profile, cached_tokens)
@@ -253,7 +273,9 @@ def fit_classifier(model: EarlyExitModel, source: TaskSource, options: FitOption
         speed.append(figure.to_dict())
         live_agrees.append(float(np.mean([r.exit_layer == e for r, e in zip(results, replayed_exits)])))
     # Live batches pad prompts, which changes sums' order, not values: exits may differ in a rare tie.
-    test_figures = {**report.to_dict(), "live_exit_layers_equal_replay": min(live_agrees) if live_agrees else None}
+    test_figures = {**report.to_dict(), "share_of_oracle": share_of_oracle(report.layers_saved, report.oracle_layers_saved),
+                    "live_exit_layers_equal_replay": min(live_agrees) if live_agrees else None}
+    chosen = next(c for c in choice.candidates if (c.scorer, c.first_check) == (choice.scorer, choice.first_check))
     card = ClassifierCard(
         task=source.name, model=model_name or str(model.identity()["architecture"]), model_identity=model.identity(),
         shots=len(splits.demonstrations),
@@ -269,11 +291,19 @@ def fit_classifier(model: EarlyExitModel, source: TaskSource, options: FitOption
                       "check_seconds": profile.check_seconds_at(typical_length, answers is not None),
                       "check_cost_in_layers": round(check_cost, 4), "torch_threads": profile.torch_threads,
                       "cached_tokens": cached_tokens, "cache_bytes": prefix.nbytes if prefix is not None else 0},
+        scorer={**choice.to_dict(), "cheapest_first_check": cheapest},
+        calibration_needed={"calibration_prompts": len(calibration),
+                            "any_certificate": minimum_calibration_prompts(options.epsilon, options.delta),
+                            "half_epsilon_risk": calibration_for_half_risk(options.epsilon, options.delta),
+                            "cv_savings_of_chosen_scorer": chosen.calibration_needed},
         command=command)
-    return FittedClassifier(policy, card)
+    card.prompt_sha256 = prompt_sha256(card.prompt_format, card.demonstrations)
+    arrays = CalibrationArrays(calibration.select(features), policy.margins(calibration.select(features)),
+                               _reference(calibration, answers), card.prompt_sha256)
+    return FittedClassifier(policy, card, arrays.to_bytes())
 
 
-def _replayed_exits(policy: CalibratedPolicy, test: Collection, count: int) -> list[int]:
+def _replayed_exits(policy: CalibratedScorer, test: Collection, count: int) -> list[int]:
     """The exit layers replay gives the first `count` test prompts, to compare with the live runs."""
     return exit_layers(policy_decisions(policy, test.subset(slice(0, count)), policy.first_check_)).tolist()
 

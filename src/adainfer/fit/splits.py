@@ -18,13 +18,14 @@ from dataclasses import dataclass
 import numpy as np
 
 from adainfer.data.tasks import Example, LabelledPrompt, format_prompt
+from adainfer.engine.parameters import ParameterError
 from adainfer.fit.answer_set import AnswerSet
 
 MIN_TRAIN = 4  # the scorer needs a few traces of each kind; fewer cannot fit an SVM
 MIN_TEST = 2
 
 
-class SplitError(ValueError):
+class SplitError(ParameterError):
     """Too few examples for demonstrations and three disjoint splits."""
 
 
@@ -40,7 +41,7 @@ class SplitSizes:
         for name in ("train", "calibration", "test"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise SplitError(f"--{name} must be a positive integer, got {value!r}")
+                raise SplitError(f"must be a positive integer, got {value!r}", name)
 
 
 @dataclass(frozen=True)
@@ -118,5 +119,5 @@ def make_splits(train_pool: Sequence[Example], eval_pool: Sequence[Example], sho
         raise SplitError(f"too few examples for three splits: after {len(demos)} demonstrations there are "
                          f"{len(train)} train, {len(calibration)} calibration and {len(test)} test examples "
                          f"(need at least {MIN_TRAIN} train, 1 calibration and {MIN_TEST} test); add examples or "
-                         f"lower --shots")
+                         f"fewer shots")
     return FitSplits(demos, train, calibration, test)

@@ -47,18 +47,34 @@ DEFAULT_DRAFT_VOCAB = 32768
 
 
 @dataclass
-class GenerationResult:
-    """Text and costs of one `generate` call. Counts are per (position, layer), prompt excluded.
+class GenerationCosts:
+    """What one generation spent, counted per (position, layer), prompt excluded.
 
     `layer_passes`: decoder layers applied to one position (drafts, verification, early passes).
     `attention_only_passes`: skipped layers whose K/V came from state propagation (fast mode).
     `lens_rows`: full-vocabulary LM-head products; `draft_head_rows`: draft reads of the draft
     vocabulary's rows only. `draft_lengths` / `accepted_lengths`: per verification (lossless).
-    `kv_lengths`: positions cached per layer at the end; the last token is never fed back, so it is
-    prompt_tokens + len(token_ids) - 1 in every layer. `first_token_seconds`: time to first token.
     `flops_units`: FLOPs spent (`adainfer.engine.cost` units) by every pass above, each position at its
     own context length (`CostModel.decode_units`), drafts that were rejected included;
     `dense_flops_units`: what dense decoding of the same tokens costs (`dense_decode_units`).
+    """
+
+    layer_passes: int = 0
+    attention_only_passes: int = 0
+    lens_rows: int = 0
+    draft_head_rows: int = 0
+    flops_units: int = 0
+    dense_flops_units: int = 0
+    draft_lengths: list[int] = field(default_factory=list)
+    accepted_lengths: list[int] = field(default_factory=list)
+
+
+@dataclass(kw_only=True)
+class GenerationResult(GenerationCosts):
+    """Text and costs (`GenerationCosts`) of one `generate` call.
+
+    `kv_lengths`: positions cached per layer at the end; the last token is never fed back, so it is
+    prompt_tokens + len(token_ids) - 1 in every layer. `first_token_seconds`: time to first token.
     """
 
     text: str
@@ -68,14 +84,6 @@ class GenerationResult:
     num_layers: int
     prompt_tokens: int
     finish_reason: str  # "length", "eos" or "stop"
-    layer_passes: int = 0
-    attention_only_passes: int = 0
-    lens_rows: int = 0
-    draft_head_rows: int = 0
-    flops_units: int = 0
-    dense_flops_units: int = 0
-    draft_lengths: list[int] = field(default_factory=list)
-    accepted_lengths: list[int] = field(default_factory=list)
     kv_lengths: list[int] = field(default_factory=list)
     seconds: float = 0.0
     first_token_seconds: float = 0.0
@@ -123,7 +131,7 @@ def ascii_character_tokens(model: EarlyExitModel) -> list[int]:
     return sorted(ids)
 
 
-def generate(model: EarlyExitModel, prompt: str, max_new_tokens: int, mode: str = "lossless",
+def generate(model: EarlyExitModel, prompt: str, max_new_tokens: int, *, mode: str = "lossless",
              policy: StopPolicy | None = None, draft_layer: int | None = None,
              stop: str | Sequence[str] | None = None, first_check: int | None = None,
              draft_vocab: int | Sequence[int] | None = DEFAULT_DRAFT_VOCAB, initial_draft: int = 4,
@@ -158,10 +166,10 @@ def generate(model: EarlyExitModel, prompt: str, max_new_tokens: int, mode: str 
     output = TokenStream(model, max_new_tokens, stops, on_token)
     if mode == "lossless":
         draft_rows = None if draft_vocab is None or policy is not None else _draft_rows(model, draft_vocab, prompt_ids)
-        decoder, stats = _lossless(model, prompt_ids, output, policy, draft_layer, first_check, draft_rows,
+        decoder, stats = _lossless(model, prompt_ids, output, EarlyRule(policy, draft_layer, first_check, draft_rows),
                                    initial_draft)
     else:
-        decoder, stats = _fast(model, prompt_ids, output, policy, draft_layer, first_check)
+        decoder, stats = _fast(model, prompt_ids, output, EarlyRule(policy, draft_layer, first_check))
     return GenerationResult(
         text=output.text, token_ids=output.token_ids, exit_layers=output.exit_layers, mode=mode,
         num_layers=model.num_layers, prompt_tokens=len(prompt_ids), finish_reason=output.finish_reason,
@@ -212,19 +220,8 @@ def _draft_rows(model: EarlyExitModel, draft_vocab: int | Sequence[int], prompt_
     return HeadRows(model.executor.lens, first_ids, extra_ids + prompt_ids)
 
 
-@dataclass
-class GenerationStats:
-    """What one generation spent, counted per (position, layer), prompt excluded: the cost fields of
-    `GenerationResult`, which documents each. The passes below add to it as they run."""
-
-    layer_passes: int = 0
-    attention_only_passes: int = 0
-    lens_rows: int = 0
-    draft_head_rows: int = 0
-    flops_units: int = 0
-    dense_flops_units: int = 0
-    draft_lengths: list[int] = field(default_factory=list)
-    accepted_lengths: list[int] = field(default_factory=list)
+class GenerationStats(GenerationCosts):
+    """The costs of a generation in progress: the passes below add to them as they run."""
 
     def count_early(self, step: EarlyStep, decoder: KVDecoder, draft_rows: HeadRows | None = None) -> None:
         """Count one early pass; it just fed position decoder.length - 1, over a context of decoder.length."""
@@ -252,6 +249,22 @@ class GenerationStats:
         self.dense_flops_units += sum(cost.dense_decode_units(first_context + offset) for offset in range(tokens))
 
 
+@dataclass(frozen=True)
+class EarlyRule:
+    """Where an early pass exits: where `policy` accepts (asked from `first_check`, or its learned
+    schedule), else at the fixed `layer`; drafts read `draft_rows` of the head (None: the full lens)."""
+
+    policy: StopPolicy | None
+    layer: int | None
+    first_check: int | None
+    draft_rows: HeadRows | None = None
+
+    def early_pass(self, decoder: KVDecoder, token: int, fill: bool) -> EarlyStep:
+        """`decoder.early_pass` of `token` under this rule; `fill` propagates state to the layers skipped."""
+        return decoder.early_pass(token, exit_layer=None if self.policy else self.layer, policy=self.policy,
+                                  first_check=self.first_check, fill=fill, draft_rows=self.draft_rows)
+
+
 def _prefill(decoder: KVDecoder, prompt_ids: list[int], output: TokenStream, stats: GenerationStats) -> int | None:
     """Run the prompt at full depth and emit the dense first token; None if generation already ends."""
     first = int(decoder.full_pass(prompt_ids, logits_for=1)[-1].argmax())
@@ -259,21 +272,19 @@ def _prefill(decoder: KVDecoder, prompt_ids: list[int], output: TokenStream, sta
     return None if output.emit(first, decoder.num_layers) else first
 
 
-def _fast(model: EarlyExitModel, prompt_ids: list[int], output: TokenStream, policy: StopPolicy | None,
-          exit_layer: int | None, first_check: int | None) -> tuple[KVDecoder, GenerationStats]:
+def _fast(model: EarlyExitModel, prompt_ids: list[int], output: TokenStream,
+          rule: EarlyRule) -> tuple[KVDecoder, GenerationStats]:
     decoder, stats = KVDecoder(model), GenerationStats()
     token = _prefill(decoder, prompt_ids, output, stats)
     while token is not None:
-        step = decoder.early_pass(token, exit_layer=None if policy else exit_layer, policy=policy,
-                                  first_check=first_check, fill=True)
+        step = rule.early_pass(decoder, token, fill=True)
         stats.count_early(step, decoder)
         stats.count_dense(decoder, decoder.length, 1)
         token = None if output.emit(step.token_id, step.exit_layer) else step.token_id
     return decoder, stats
 
 
-def _lossless(model: EarlyExitModel, prompt_ids: list[int], output: TokenStream, policy: StopPolicy | None,
-              draft_layer: int | None, first_check: int | None, draft_rows: HeadRows | None,
+def _lossless(model: EarlyExitModel, prompt_ids: list[int], output: TokenStream, rule: EarlyRule,
               initial_draft: int) -> tuple[KVDecoder, GenerationStats]:
     """Draft-then-verify rounds.
 
@@ -290,12 +301,11 @@ def _lossless(model: EarlyExitModel, prompt_ids: list[int], output: TokenStream,
     token = _prefill(decoder, prompt_ids, output, stats)
     draft_size = min(initial_draft, MAX_DRAFT)
     while token is not None:
-        if draft_rows is not None:
-            draft_rows.add(token)
+        if rule.draft_rows is not None:
+            rule.draft_rows.add(token)
         committed = decoder.length  # positions whose K/V is final; `token` goes at this one
-        fed, drafts, steps = _draft(decoder, token, min(draft_size, output.remaining), output.eos_ids, policy,
-                                    draft_layer, first_check, draft_rows, stats)
-        targets = _verify(decoder, fed, steps, committed, policy, draft_layer, stats)
+        fed, drafts, steps = _draft(decoder, token, min(draft_size, output.remaining), output.eos_ids, rule, stats)
+        targets = _verify(decoder, fed, steps, committed, rule, stats)
         accepted = 0
         while accepted < len(drafts) and drafts[accepted] == targets[accepted]:
             accepted += 1
@@ -316,8 +326,7 @@ def _lossless(model: EarlyExitModel, prompt_ids: list[int], output: TokenStream,
     return decoder, stats
 
 
-def _draft(decoder: KVDecoder, token: int, size: int, eos_ids: set[int], policy: StopPolicy | None,
-           draft_layer: int | None, first_check: int | None, draft_rows: HeadRows | None,
+def _draft(decoder: KVDecoder, token: int, size: int, eos_ids: set[int], rule: EarlyRule,
            stats: GenerationStats) -> tuple[list[int], list[int], list[EarlyStep]]:
     """Up to `size` early passes from `token`, each feeding the previous draft, stopping after an
     end-of-sequence draft: (tokens fed, drafts, their early steps)."""
@@ -326,9 +335,8 @@ def _draft(decoder: KVDecoder, token: int, size: int, eos_ids: set[int], policy:
     steps: list[EarlyStep] = []
     for _ in range(size):
         fed.append(drafts[-1] if drafts else token)
-        step = decoder.early_pass(fed[-1], exit_layer=None if policy else draft_layer, policy=policy,
-                                  first_check=first_check, fill=policy is not None, draft_rows=draft_rows)
-        stats.count_early(step, decoder, draft_rows)
+        step = rule.early_pass(decoder, fed[-1], fill=rule.policy is not None)
+        stats.count_early(step, decoder, rule.draft_rows)
         drafts.append(step.token_id)
         steps.append(step)
         if step.token_id in eos_ids:
@@ -336,16 +344,16 @@ def _draft(decoder: KVDecoder, token: int, size: int, eos_ids: set[int], policy:
     return fed, drafts, steps
 
 
-def _verify(decoder: KVDecoder, fed: list[int], steps: list[EarlyStep], committed: int,
-            policy: StopPolicy | None, draft_layer: int | None, stats: GenerationStats) -> list[int]:
+def _verify(decoder: KVDecoder, fed: list[int], steps: list[EarlyStep], committed: int, rule: EarlyRule,
+            stats: GenerationStats) -> list[int]:
     """The full model's token after each fed position: its verdict on every draft.
 
     At a fixed draft layer only the layers above it run, on the drafts' own hidden states; drafts
     from a policy are recomputed at every layer from `committed` on.
     """
-    if policy is None:
-        logits = decoder.finish_pass(fed, torch.cat([step.hidden for step in steps], dim=1), draft_layer)
-        verified_layers = decoder.num_layers - draft_layer
+    if rule.policy is None:
+        logits = decoder.finish_pass(fed, torch.cat([step.hidden for step in steps], dim=1), rule.layer)
+        verified_layers = decoder.num_layers - rule.layer
     else:
         decoder.crop(committed)
         logits = decoder.full_pass(fed)

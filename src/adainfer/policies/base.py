@@ -36,7 +36,7 @@ import numpy as np
 from filelock import FileLock
 from sklearn.base import BaseEstimator
 
-from adainfer.engine.files import lock_path
+from adainfer.engine.files import check_output_directory, lock_path
 from adainfer.engine.schedule import policy_first_check
 from adainfer.policies.decisions import first_accepted_layer
 
@@ -144,21 +144,19 @@ class StopPolicy(BaseEstimator):
         raise NotImplementedError
 
     def save(self, directory: str | Path, model_identity: dict,
-             candidate_ids: Sequence[int] | None = None, extra_parts: dict[str, str] | None = None) -> Path:
+             candidate_ids: Sequence[int] | None = None, extra_parts: dict[str, str | bytes] | None = None) -> Path:
         """Write ``config.json`` (+ the model file) so `load_policy` can check what it loads.
 
         The directory is written beside ``directory`` and renamed into place under a lock, so a
         reader sees the old policy or the new one, never parts of both. `candidate_ids`, the
         closed answer set's first tokens a policy on ``cand_*`` features was trained with, is
         recorded so that predicting with another answer set is refused. `extra_parts` (file name ->
-        text, e.g. a fitted classifier's card) are written and hashed with the other parts.
+        text or bytes, e.g. a fitted classifier's card and calibration arrays) are written and hashed with the other parts.
         """
         if not isinstance(model_identity, dict):
             raise ValueError(f"model_identity must be a dict; got {type(model_identity).__name__}")
         directory = Path(directory)
-        if directory.exists() and (not directory.is_dir()
-                                   or (any(directory.iterdir()) and not (directory / CONFIG_NAME).is_file())):
-            raise ValueError(f"{directory} exists and is not a policy directory; choose another --out")
+        check_output_directory(directory, CONFIG_NAME)
         config = {
             "kind": self.kind,
             "params": self.get_params(deep=False),
@@ -175,8 +173,9 @@ class StopPolicy(BaseEstimator):
             staging.chmod(0o755)  # mkdtemp's 0o700 would hide the policy from other users
             try:
                 config.update(self._save_state(staging))
-                for name, text in (extra_parts or {}).items():
-                    (staging / name).write_text(text, encoding="utf-8")
+                for name, content in (extra_parts or {}).items():
+                    data = content if isinstance(content, bytes) else content.encode("utf-8")
+                    (staging / name).write_bytes(data)
                 config["parts"] = {part.name: file_sha256(part) for part in sorted(staging.iterdir())}
                 try:
                     text = json.dumps(config, indent=2, sort_keys=True, allow_nan=False)

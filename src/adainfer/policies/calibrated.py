@@ -33,8 +33,10 @@ import numpy as np
 from scipy.stats import binom
 
 from adainfer.engine.schedule import check_first_check
-from adainfer.policies.base import PolicyFileError, check_number
+from adainfer.policies.base import (PolicyFileError, check_both_classes, check_features, check_number, check_trace,
+                                    check_X, check_y)
 from adainfer.policies.decisions import answers_at, exit_layers, stable_labels
+from adainfer.policies.stability import stability_names, stability_sources, with_stability
 from adainfer.policies.svm import SVMPolicy
 
 
@@ -140,43 +142,58 @@ def _changed(scores: np.ndarray, top1: np.ndarray, threshold: float, first_check
     return answers_at(exits_at(scores, threshold, first_check), top1) != top1[:, -1]
 
 
-class CalibratedPolicy(SVMPolicy):
-    """An SVM scorer trained to recognise stable layers, with a threshold certified by `calibrate`.
+class CalibratedScorer:
+    """What every certified policy shares, whatever scores its layers: label-free fitting on the
+    layers it will be asked at, a threshold grid frozen from training scores, Learn then Test, and
+    saving the threshold with its certificate.
 
-    `fit(X, top1)` needs no gold labels: it learns "this layer's top-1 is already the final one for
-    good" from full-depth traces, and freezes the threshold grid (`threshold_grid_`) from its own
-    margins on those training traces. `calibrate(X, top1, epsilon, delta)` then tests that grid on
-    held-out traces with Learn then Test. Before `calibrate` it behaves like the plain SVM.
-    `first_check` (1-based) is the earliest layer at which it may exit.
+    A subclass (a `StopPolicy`) provides `_fit_scorer(rows, labels)`, `_window_scores(rows)` and
+    `_trace_score(trace)` over `_scorer_rows`: the features, plus the stability columns
+    (`policies.stability`) when `stability` is set. `predict`, `decision_function` and
+    `should_exit` take what a walk shows the policy: the rows from `first_check` on (a schedule
+    the walk and replay apply, `engine.schedule`); `margins` takes full-depth traces.
     """
 
-    kind = "calibrated-svm"
     label_free = True
+    features: Sequence[str]
+    first_check: int
+    stability: bool
 
-    def __init__(self, features: Sequence[str] = ("gap", "top_prob", "depth"), kernel: str = "rbf",
-                 C: float = 1.0, class_weight: dict | str | None = None, first_check: int = 1) -> None:
-        super().__init__(features, kernel, C, class_weight)
-        self.first_check = first_check
+    def _scorer_rows(self, X: np.ndarray) -> np.ndarray:
+        """Rows shown to the policy (prompts, reads, features) -> what its scorer reads, float64."""
+        X = check_X(X, len(self.features))
+        return with_stability(X, self.features, self.n_layers_) if self.stability else X
 
-    def check_params(self) -> None:
-        super().check_params()
-        check_number("first_check", self.first_check, minimum=1, integer=True)
+    def _fit_scorer(self, rows: np.ndarray, labels: np.ndarray) -> None:
+        raise NotImplementedError
 
-    def fit(self, X: Any, y: Any) -> CalibratedPolicy:
-        """`y` is either top-1 ids (prompts, layers), turned into stability labels, or 0/1 labels."""
-        X, y = np.asarray(X), np.asarray(y)
-        if X.ndim == 3:  # other shapes: SVMPolicy.fit says what is wrong
-            check_first_check(self.first_check, X.shape[1], allow_never=False)
-        labels = y if set(np.unique(y)) <= {0, 1} else stable_labels(y)
-        self.threshold_ = 0.0  # the plain SVM's cut until `calibrate`; set first, fitting predicts
-        super().fit(X, labels)
+    def _window_scores(self, X: np.ndarray) -> np.ndarray:
+        raise NotImplementedError
+
+    def _trace_score(self, trace: np.ndarray) -> float:
+        raise NotImplementedError
+
+    def fit(self, X: Any, y: Any) -> "CalibratedScorer":
+        """`y` is either top-1 ids (prompts, layers), turned into stability labels, or 0/1 labels.
+
+        The scorer learns from the layers it will be asked at (`first_check` on), seeing each
+        prompt's rows as a walk shows them; the grid comes from its scores on the same traces.
+        """
+        self.check_params()
+        X = check_X(X, len(check_features(self.features)))
+        check_first_check(self.first_check, X.shape[1], allow_never=False)
+        if self.stability:
+            stability_sources(self.features)
+        y = np.asarray(y)
+        labels = check_y(y if set(np.unique(y)) <= {0, 1} else stable_labels(y), X)
+        self.n_layers_ = X.shape[1]
+        self.threshold_ = 0.0  # the scorer's own cut until `calibrate`
+        window = slice(self.first_check - 1, None)
+        check_both_classes(labels[:, window])
+        self._fit_scorer(self._scorer_rows(X[:, window]), labels[:, window])
+        self.first_check_ = self.first_check
         self.threshold_grid_ = threshold_grid(self.margins(X), self.first_check)
         return self
-
-    def _learn_first_check(self, X: np.ndarray) -> None:
-        # The certificate covers exits from `first_check` on; a schedule learned at the
-        # uncalibrated threshold would skip layers the calibrated threshold may accept.
-        self.first_check_ = self.first_check
 
     def calibrate(self, X: Any, top1: np.ndarray, epsilon: float, delta: float) -> RiskCertificate:
         """Set `threshold_` from calibration traces X and their top-1 ids; returns the certificate.
@@ -194,24 +211,37 @@ class CalibratedPolicy(SVMPolicy):
         return certificate
 
     def margins(self, X: Any) -> np.ndarray:
-        """The scorer's SVM margin per (prompt, layer), before any threshold: what calibration ranks."""
-        return super().decision_function(X)
+        """The scorer's score per (prompt, layer) of full-depth traces X, before any threshold: what
+        calibration ranks. Layers before `first_check` are never asked and score -inf."""
+        X = check_X(X, len(self.features))
+        scores = np.full(X.shape[:2], -np.inf)
+        if self.first_check <= X.shape[1]:
+            scores[:, self.first_check - 1:] = self._window_scores(X[:, self.first_check - 1:])
+        return scores
 
     def decision_function(self, X: Any) -> np.ndarray:
-        margin = self.margins(X) - self.threshold_
-        margin[:, : self.first_check - 1] = -np.inf
-        return margin
+        """Score minus threshold for the rows a walk shows the policy (its first row is `first_check`)."""
+        return self._window_scores(X) - self.threshold_
+
+    def predict(self, X: Any) -> np.ndarray:
+        return (self.decision_function(X) > 0).astype(np.int64)
 
     def should_exit(self, trace: Any) -> bool:
-        if len(trace) < self.first_check:
-            return False
-        return self._margin(trace) > self.threshold_
+        return self._trace_score(check_trace(trace, len(self.features))) > self.threshold_
 
-    @classmethod
-    def _params_from_config(cls, params: dict) -> dict:
-        if "min_layer" in params:  # configs saved before the rename to first_check
-            params["first_check"] = params.pop("min_layer")
-        return super()._params_from_config(params)
+    def _trace_rows(self, trace: np.ndarray) -> np.ndarray:
+        """A live trace (reads, features) -> the scorer's columns of its last row, (1, columns)."""
+        if not self.stability:
+            return np.asarray(trace[-1:], dtype=np.float64)
+        return with_stability(trace[None], self.features, self.n_layers_)[0, -1:]
+
+    def _scorer_width(self, config: dict) -> int:
+        if not self.stability:
+            return len(self.features)
+        if not isinstance(config.get("n_layers"), int):
+            raise PolicyFileError("a policy on stability features needs n_layers in its config")
+        self.n_layers_ = config["n_layers"]
+        return len(self.features) + len(stability_names(self.n_layers_))
 
     def _save_state(self, directory: Path) -> dict:
         state = super()._save_state(directory)
@@ -254,3 +284,45 @@ class CalibratedPolicy(SVMPolicy):
             for name in ("calibration_prompts", "thresholds_tested"):
                 check_number(name, record.get(name), minimum=0, integer=True)
             self.certificate_ = RiskCertificate(**record)
+
+    @classmethod
+    def _params_from_config(cls, params: dict) -> dict:
+        if "min_layer" in params:  # configs saved before the rename to first_check
+            params["first_check"] = params.pop("min_layer")
+        return super()._params_from_config(params)
+
+
+class CalibratedPolicy(CalibratedScorer, SVMPolicy):
+    """An SVM scorer trained to recognise stable layers, with a threshold certified by `calibrate`.
+
+    `fit(X, top1)` needs no gold labels: it learns "this layer's top-1 is already the final one for
+    good" from full-depth traces, and freezes the threshold grid (`threshold_grid_`) from its own
+    margins on those training traces. `calibrate(X, top1, epsilon, delta)` then tests that grid on
+    held-out traces with Learn then Test. Before `calibrate` it cuts at margin 0, like the plain SVM.
+    `first_check` (1-based) is the earliest layer at which it may exit; with `stability` the SVM
+    also reads the stability columns (`policies.stability`).
+    """
+
+    kind = "calibrated-svm"
+
+    def __init__(self, features: Sequence[str] = ("gap", "top_prob", "depth"), kernel: str = "rbf",
+                 C: float = 1.0, class_weight: dict | str | None = None, first_check: int = 1,
+                 stability: bool = False) -> None:
+        super().__init__(features, kernel, C, class_weight)
+        self.first_check = first_check
+        self.stability = stability
+
+    def check_params(self) -> None:
+        super().check_params()
+        check_number("first_check", self.first_check, minimum=1, integer=True)
+        if not isinstance(self.stability, bool):
+            raise ValueError(f"stability must be true or false; got {self.stability!r}")
+
+    def _fit_scorer(self, rows: np.ndarray, labels: np.ndarray) -> None:
+        self._fit_pipeline(rows, labels)
+
+    def _window_scores(self, X: np.ndarray) -> np.ndarray:
+        return SVMPolicy.decision_function(self, self._scorer_rows(X))
+
+    def _trace_score(self, trace: np.ndarray) -> float:
+        return self._margin(self._trace_rows(trace))

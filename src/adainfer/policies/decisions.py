@@ -8,9 +8,9 @@ features of the layers it checked, so a sequence policy (the CRF) is decoded on 
 
 from __future__ import annotations
 
-from typing import Any
-
 import numpy as np
+
+from adainfer.engine.stop_rule import StopRule
 
 
 def exit_layers(decisions: np.ndarray) -> np.ndarray:
@@ -47,7 +47,7 @@ def stable_labels(top1: np.ndarray) -> np.ndarray:
     return (layers[None, :] >= oracle_exit_layers(top1)[:, None]).astype(np.int64)
 
 
-def scheduled_decisions(policy: Any, X: np.ndarray, first_check: int = 1) -> np.ndarray:
+def scheduled_decisions(policy: StopRule, X: np.ndarray, first_check: int = 1) -> np.ndarray:
     """The online decisions (prompts, layers) of `policy` on features X (prompts, layers, features)
     when it is asked from layer `first_check` on only.
 

@@ -16,18 +16,21 @@ from adainfer.engine.schedule import check_first_check
 from adainfer.policies.base import (CONFIG_NAME, PolicyFileError, PolicyMismatchError, StopPolicy, check_features,
                                     file_sha256)
 from adainfer.policies.calibrated import CalibratedPolicy
+from adainfer.policies.calibrated_trees import TREES_FILE, CalibratedTreePolicy
 from adainfer.policies.crf import CRFPolicy
 from adainfer.policies.gap import GapThresholdPolicy
 from adainfer.policies.svm import SVMPolicy
 
 POLICY_KINDS: dict[str, type[StopPolicy]] = {
-    policy.kind: policy for policy in (SVMPolicy, CRFPolicy, GapThresholdPolicy, CalibratedPolicy)
+    policy.kind: policy for policy in (SVMPolicy, CRFPolicy, GapThresholdPolicy, CalibratedPolicy, CalibratedTreePolicy)
 }
 # The files besides config.json each kind saves; config.json must hold the sha256 of each.
 POLICY_PARTS: dict[str, tuple[str, ...]] = {"svm": ("svm.skops",), "calibrated-svm": ("svm.skops",),
-                                            "crf": ("crf.npz",), "gap": ()}
-# Parts any kind may carry besides its own: a fitted classifier's card (`adainfer.fit.card`).
-OPTIONAL_PARTS: tuple[str, ...] = ("card.json", "card.md")
+                                            "crf": ("crf.npz",), "gap": (),
+                                            "calibrated-gbt": (TREES_FILE,)}
+# Parts any kind may carry besides its own: a fitted classifier's card (`adainfer.fit.card`) and
+# its calibration arrays (`adainfer.fit.calibration_arrays`, which `adainfer verify` reads).
+OPTIONAL_PARTS: tuple[str, ...] = ("card.json", "card.md", "calibration.npz")
 
 
 def _read_config(directory: Path) -> dict:

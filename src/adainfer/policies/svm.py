@@ -56,14 +56,18 @@ class SVMPolicy(StopPolicy):
         X = check_X(X, len(check_features(self.features)))
         y = check_y(y, X)
         check_both_classes(y)
+        self._fit_pipeline(X, y)
+        self.n_layers_ = X.shape[1]
+        self._learn_first_check(X)
+        return self
+
+    def _fit_pipeline(self, X: np.ndarray, y: np.ndarray) -> None:
+        """The scaler + SVC on every (prompt, layer) row of checked X (prompts, layers, columns) and 0/1 y."""
         svc = SVC(kernel=self.kernel, C=self.C, class_weight=self.class_weight)
         rows = X.reshape(-1, X.shape[2])
         self.pipeline_ = make_pipeline(StandardScaler(), svc).fit(rows, y.ravel())
-        self.n_layers_ = X.shape[1]
         self.n_features_in_ = X.shape[2]
         self._prepare_fast_path()
-        self._learn_first_check(X)
-        return self
 
     def decision_function(self, X: Any) -> np.ndarray:
         """Signed margin per (prompt, layer), shape (n_prompts, n_layers); > 0 means exit."""
@@ -121,13 +125,18 @@ class SVMPolicy(StopPolicy):
             message = " ".join(str(error).split())
             message = f"cannot load {path}: {type(error).__name__}: {message}"
             raise PolicyFileError(message) from None
-        problem = _fitted_pipeline_problem(pipeline, len(self.features), self.kernel)
+        width = self._scorer_width(config)
+        problem = _fitted_pipeline_problem(pipeline, width, self.kernel)
         if problem:
             raise PolicyFileError(f"{path} does not hold a fitted StandardScaler+SVC over "
-                                  f"{len(self.features)} features: {problem}")
+                                  f"{width} features: {problem}")
         self.pipeline_ = pipeline
-        self.n_features_in_ = len(self.features)
+        self.n_features_in_ = width
         self._prepare_fast_path()
+
+    def _scorer_width(self, config: dict) -> int:
+        """Columns the saved scorer reads per layer: the features themselves."""
+        return len(self.features)
 
     @classmethod
     def _params_from_config(cls, params: dict) -> dict:

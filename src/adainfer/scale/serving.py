@@ -13,8 +13,13 @@ and reserves that many CPUs (and one GPU where the cluster has any, the model mo
 Ray's proxy, on every node by default, listens on `host:port`.
 
 Metrics: each replica keeps its own Prometheus registry, so `GET /metrics` answers for the one
-replica the request reached (`/healthz` names it by process id); scrape replicas through Ray's
-own metrics export for the whole deployment's figures.
+replica the request reached (`/healthz` names it by process id with `--health-pid`); scrape
+replicas through Ray's own metrics export for the whole deployment's figures.
+
+Limits: API keys, the body's size and read time, strict schemas and input checks are the app's,
+so every replica enforces them as `adainfer serve` does. Connections end at Ray's proxy, not at
+our uvicorn: its idle keep-alive is set from `keep_alive_s`; the header deadline, header size and
+connection cap of `ConnectionLimits` are the proxy's own (Ray Serve's uvicorn with its defaults).
 """
 
 from __future__ import annotations
@@ -29,8 +34,10 @@ import torch
 from ray import serve
 
 from adainfer.engine.model import EarlyExitModel
+from adainfer.engine.parameters import ParameterError
 from adainfer.fit.classifier import load_classifier
 from adainfer.serve.app import ServeOptions, create_app
+from adainfer.serve.connections import ConnectionLimits
 
 APP_NAME = "adainfer"
 
@@ -80,7 +87,8 @@ def replica_resources(spec: ReplicaSpec, cluster: dict[str, float]) -> dict[str,
     return resources
 
 
-def deploy(spec: ReplicaSpec, replicas: int, host: str, port: int) -> None:
+def deploy(spec: ReplicaSpec, replicas: int, host: str, port: int,
+           limits: ConnectionLimits = ConnectionLimits()) -> None:
     """Start Ray Serve's proxy on `host:port` and run `replicas` replicas of the classifier app
     at route "/", returning once every replica is up (Ray raises when one fails to start). On a
     cluster whose Serve already runs, its proxy keeps the address it has (Ray's rule).
@@ -90,9 +98,9 @@ def deploy(spec: ReplicaSpec, replicas: int, host: str, port: int) -> None:
     than in Ray's router; past that Ray queues them in front of the replicas.
     """
     if replicas < 1:
-        raise ValueError(f"--replicas must be at least 1, got {replicas}")
+        raise ParameterError(f"must be at least 1, got {replicas}", "replicas")
     logging.getLogger("ray.serve").setLevel(logging.WARNING)  # the CLI says what started, and where
-    serve.start(http_options={"host": host, "port": port})
+    serve.start(http_options={"host": host, "port": port, "keep_alive_timeout_s": limits.keep_alive_s})
     deployment = serve.deployment(ClassifierReplica, name="classifier", num_replicas=replicas,
                                   max_ongoing_requests=spec.options.max_queue,
                                   ray_actor_options=replica_resources(spec, ray.cluster_resources()))

@@ -36,6 +36,10 @@ class QueueFull(Exception):
     """No room for a request now (the queue holds `max_queue` rows, or the worker is shutting down)."""
 
 
+class WorkerStopped(QueueFull):
+    """The worker thread ended on an error it could not contain: no request can be answered any more."""
+
+
 @dataclass(eq=False)
 class _Job:
     loop: asyncio.AbstractEventLoop
@@ -116,7 +120,7 @@ class ModelWorker(Generic[Answer]):
     on_batch: told the number of rows of each batch run (for metrics).
     """
 
-    def __init__(self, run_batch: Callable[[list[str]], list[Answer]], check_row: Callable[[str], None],
+    def __init__(self, run_batch: Callable[[list[str]], list[Answer]], check_row: Callable[[str], None], *,
                  max_batch_size: int = 16, max_wait: float = 0.01, max_queue: int = 256,
                  on_batch: Callable[[int], None] | None = None) -> None:
         if max_batch_size < 1 or max_queue < 1 or max_wait < 0:
@@ -131,19 +135,37 @@ class ModelWorker(Generic[Answer]):
         self._queue: collections.deque[_Job] = collections.deque()
         self._queued_rows = 0
         self._closing = False
+        self._running: list[_Job] = []  # the jobs the worker holds now (a call, or a batch's requests)
+        self.failure: BaseException | None = None  # why the worker thread ended, if not by `close`
         self._condition = threading.Condition()
         self._thread = threading.Thread(target=self._serve, name="adainfer-model-worker", daemon=True)
 
     def start(self) -> None:
         self._thread.start()
 
-    def close(self) -> None:
-        """Refuse new work, finish everything queued or running, and stop the thread."""
+    def close(self, timeout: float | None = None) -> None:
+        """Refuse new work, finish everything queued or running, and stop the thread. Past
+        `timeout` seconds, cancel what is left (a generation stops at its next token, queued
+        requests are dropped) and wait one more `timeout` at most: a shutdown ends in bounded time
+        (the thread is a daemon, so a pass that never returns cannot keep the process alive)."""
         with self._condition:
             self._closing = True
             self._condition.notify_all()
+        if not self._thread.is_alive():
+            return
+        self._thread.join(timeout)
         if self._thread.is_alive():
-            self._thread.join()
+            with self._condition:
+                for job in [*self._queue, *self._running]:
+                    job.cancelled.set()
+                    job.settle(error=QueueFull("the server is shutting down"))
+                self._condition.notify_all()
+            self._thread.join(timeout)
+
+    @property
+    def alive(self) -> bool:
+        """True while the worker can answer: started, and not ended by an error."""
+        return self._thread.is_alive() and self.failure is None
 
     @property
     def queued_rows(self) -> int:
@@ -175,6 +197,8 @@ class ModelWorker(Generic[Answer]):
         if rows > self.max_queue:
             raise ValueError(f"a request may hold at most {self.max_queue} inputs (the queue's size), got {rows}")
         with self._condition:
+            if self.failure is not None:
+                raise WorkerStopped(f"the model worker stopped ({type(self.failure).__name__}: {self.failure})")
             if self._closing:
                 raise QueueFull("the server is shutting down")
             if self._queued_rows + rows > self.max_queue:
@@ -184,14 +208,29 @@ class ModelWorker(Generic[Answer]):
             self._condition.notify_all()
 
     def _serve(self) -> None:
-        while True:
-            work = self._next_work()
-            if work is None:
-                return
-            if isinstance(work, _CallJob):
-                self._run_call(work)
-            else:
-                self._run_rows(work)
+        """The worker's loop. Each request's failure is its own (`_run_call`, `_run_rows`); an error
+        outside them ends the loop, failing every request held or queued, so none waits forever,
+        and marks the worker failed (`alive` is False, new requests are refused)."""
+        try:
+            while True:
+                work = self._next_work()
+                if work is None:
+                    return
+                self._running = [work] if isinstance(work, _CallJob) else list({piece.job: None for piece in work})
+                if isinstance(work, _CallJob):
+                    self._run_call(work)
+                else:
+                    self._run_rows(work)
+                self._running = []
+        except BaseException as error:
+            with self._condition:
+                self.failure = error
+                for job in [*self._running, *self._queue]:
+                    job.cancelled.set()
+                    job.settle(error=WorkerStopped(f"the model worker stopped ({type(error).__name__}: {error})"))
+                self._queue.clear()
+                self._queued_rows = 0
+            raise
 
     def _next_work(self) -> _CallJob | list[Slice] | None:
         """The next call, or the next batch of rows; None once closed with nothing left."""
@@ -252,6 +291,8 @@ class ModelWorker(Generic[Answer]):
         texts = [text for piece in slices for text in piece.job.texts[piece.start:piece.stop]]
         try:
             answers = self.run_batch(texts)
+            if len(answers) != len(texts):
+                raise RuntimeError(f"a batch of {len(texts)} rows got {len(answers)} answers")
         except Exception as error:  # every request of the batch fails, the worker goes on
             for job in {piece.job for piece in slices}:
                 self._fail(job, error)
@@ -278,6 +319,9 @@ class ModelWorker(Generic[Answer]):
                 self.check_row(text)
             except ValueError as error:
                 self._fail(job, ValueError(f"input {index}: {error}"))
+                return False
+            except Exception as error:  # a check that crashed (not a refusal): this request fails with it
+                self._fail(job, error)
                 return False
         job.checked = True
         return True

@@ -15,7 +15,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 
-from adainfer.serve.batcher import QueueFull
+from adainfer.serve.batcher import QueueFull, WorkerStopped
 from adainfer.serve.metrics import ServeMetrics
 
 RETRY_AFTER_SECONDS = 1
@@ -72,7 +72,18 @@ def install_error_handlers(app: FastAPI, metrics: ServeMetrics) -> None:
         return error_response(metrics, ServeError(503, "queue_full", f"{error}; retry later",
                                                   {"Retry-After": str(RETRY_AFTER_SECONDS)}))
 
+    async def worker_stopped(_: Request, error: WorkerStopped) -> JSONResponse:
+        return error_response(metrics, ServeError(503, "worker_stopped", str(error)))
+
+    async def internal(_: Request, error: Exception) -> JSONResponse:
+        """Anything unexpected (the model raising on one request): one JSON line, no traceback."""
+        return error_response(metrics, ServeError(500, "internal_error",
+                                                  f"the model failed on this request ({type(error).__name__}: "
+                                                  f"{error}); the server goes on"))
+
     app.add_exception_handler(ServeError, serve_error)
+    app.add_exception_handler(WorkerStopped, worker_stopped)
+    app.add_exception_handler(Exception, internal)
     app.add_exception_handler(RequestValidationError, invalid)
     app.add_exception_handler(HTTPException, http_error)
     app.add_exception_handler(QueueFull, queue_full)

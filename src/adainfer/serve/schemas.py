@@ -1,6 +1,8 @@
 """The HTTP API's bodies as pydantic models: what a client may send, and what it gets back.
 
-Requests forbid unknown fields (a misspelt `max_token` is an error, not a silently ignored
+Requests are strict: a field takes its own JSON type only (`"stream": "yes"` and `"max_tokens": "5"`
+are errors, not true and 5), every text is checked as the CLI checks its input files (no lone
+surrogate escapes, no control characters), and requests forbid unknown fields (a misspelt `max_token` is an error, not a silently ignored
 option), and refuse what this server cannot honour instead of ignoring it: sampling (it answers
 greedily, so that a completion always equals the model's greedy output), `echo`, and `n` > 1.
 The completion bodies are the subset of OpenAI's legacy completions API that fits, so the
@@ -13,10 +15,17 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from adainfer.engine.model import check_text
+
+REQUEST_CONFIG = ConfigDict(extra="forbid", strict=True)
+
+
 def _check_not_blank(texts: list[str], what: str) -> list[str]:
-    """Refuse blank strings: a blank raw input would still be answered (the card's demonstrations
-    make its prompt non-empty), and the answer would mean nothing."""
+    """Refuse blank strings (a blank raw input would still be answered, the card's demonstrations
+    making its prompt non-empty, and the answer would mean nothing) and texts no tokenizer should
+    be handed (`check_text`: a lone surrogate made the tokenizer raise inside the model worker)."""
     for index, text in enumerate(texts):
+        check_text(text, f"{what} {index}")
         if not text.strip():
             raise ValueError(f"{what} {index} is empty or blank")
     return texts
@@ -25,7 +34,7 @@ def _check_not_blank(texts: list[str], what: str) -> list[str]:
 class ClassifyRequest(BaseModel):
     """One raw input (`input`) or several (`inputs`); the classifier's card builds each prompt."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = REQUEST_CONFIG
 
     input: str | None = Field(default=None, description="One raw input, e.g. a sentence to label.")
     inputs: list[str] | None = Field(default=None, min_length=1, description="Several raw inputs.")
@@ -62,7 +71,7 @@ class ClassifyResponse(BaseModel):
 class CompletionRequest(BaseModel):
     """The part of OpenAI's completions request that a greedy, lossless server can honour."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = REQUEST_CONFIG
 
     model: str | None = Field(default=None, description="The served model's id (GET /v1/models); optional.")
     prompt: str | list[str] = Field(description="A prompt, or several (one choice each).")
@@ -86,6 +95,8 @@ class CompletionRequest(BaseModel):
     def _at_most_four_stops(cls, stop: str | list[str] | None) -> str | list[str] | None:
         if isinstance(stop, list) and len(stop) > 4:
             raise ValueError(f"at most 4 stop strings, got {len(stop)}")
+        for index, text in enumerate([stop] if isinstance(stop, str) else stop or []):
+            check_text(text, f"stop {index}")
         return stop
 
     @field_validator("temperature")
