@@ -51,6 +51,9 @@ def row(directory: Path) -> dict:
         # Against our own walk at full depth: early exit's own gain (absent from cards that predate it).
         "exit_gain_batch_1": speed.get(1, {}).get("speedup_vs_full_depth"),
         "exit_gain_batch_16": speed.get(16, {}).get("speedup_vs_full_depth"),
+        # Against the model's forward over the cached demonstrations (absent from cards that predate it).
+        "vs_cached_dense_batch_1": speed.get(1, {}).get("speedup_vs_cached_dense"),
+        "vs_cached_dense_batch_16": speed.get(16, {}).get("speedup_vs_cached_dense"),
         "timed_prompts": speed.get(16, speed.get(1, {})).get("prompts"),
         "torch_threads": speed.get(16, speed.get(1, {})).get("torch_threads"), "command": card.command,
     }
@@ -67,14 +70,16 @@ def markdown(rows: list[dict], command: str) -> str:
     columns = ("model", "task", "answer_set", "train", "calibration", "test", "epsilon", "dense_accuracy",
                "accuracy", "test_disagreement", "within_epsilon", "resplit_fraction_within_epsilon", "scorer",
                "first_check", "layers_saved", "oracle_layers_saved", "share_of_oracle", "honest_flops_ratio", "speedup_batch_1", "speedup_batch_16", "exit_gain_batch_1", "exit_gain_batch_16",
-               "torch_threads")
+               "vs_cached_dense_batch_1", "vs_cached_dense_batch_16", "torch_threads")
     lines = [f"Command: `{command}`", "", "Each row is one classifier's card (results/fit/<name>/card.md has the command "
              "that measured it). Disagreement and accuracy are on the test split; the re-split column is the fraction "
              "of random calibration/test splits whose test disagreement stays within epsilon; share of oracle is layers saved over the stable-answer oracle's (– where the oracle saves under 1 %); the scorer "
              "is the one cross-validation on the train split chose (– : the card predates the choice, an SVM); speedups are measured "
              "wall-clock against the model's own forward on the first test prompts; exit gain is the same early-exit time "
              "against our own walk at full depth (every layer, one lens read), which isolates what exiting saves from "
-             "any difference between our layer loop and the model's forward (– : the card predates that timing).", "",
+             "any difference between our layer loop and the model's forward; vs cached dense is early exit against the "
+             "model's forward over the demonstrations' keys and values computed once (– : the card predates that "
+             "timing).", "",
              "| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     lines += ["| " + " | ".join(cell(r[c]) for c in columns) + " |" for r in rows]
     return "\n".join(lines) + "\n"

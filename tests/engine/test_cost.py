@@ -31,6 +31,17 @@ def test_prefill_ratio_by_hand():
     assert SMALL.honest_flops_ratio(1, 10, 0) == pytest.approx(1_160 / 4_740)
 
 
+def test_a_cached_prefix_runs_only_the_query_tokens_over_the_whole_context():
+    # s=10 with p=6 cached: 4 query tokens run, each attending over all 10 positions (116 units a layer),
+    # so 2 layers cost 4*2*116 = 928 units plus 2 candidate checks of 3 rows; the dense forward over
+    # the same cache runs 4 layers on the 4 tokens and its head once: 4*4*116 + 100 = 1,956.
+    assert SMALL.honest_flops_ratio(2, 10, 2, 3, cached_tokens=6) == pytest.approx(934 / 1_956)
+    # The checks weigh more against 4 tokens than against 10: a full-depth walk with 4 full checks.
+    assert SMALL.honest_flops_ratio(4, 10, 4, cached_tokens=6) == pytest.approx(2_256 / 1_956)
+    with pytest.raises(ValueError, match="cached_tokens"):
+        SMALL.honest_flops_ratio(2, 10, 2, cached_tokens=10)
+
+
 def test_prefill_charges_checks_once_per_prompt_not_per_token():
     # The old per-token form said (2*116 + 2*100) / 564 = 0.766 here: checks weighed 10x too much.
     assert SMALL.honest_flops_ratio(2, 10, 2) == pytest.approx(0.5316, abs=1e-4)

@@ -110,7 +110,7 @@ def _rows_in(order, model, fail_after=None):
     """A row source that computes here but hands prompts back in `order` (positions into its
     pending list), as a pool of workers finishing out of order would; raises after `fail_after`."""
 
-    def source(pending, feature_names, candidate_ids):
+    def source(pending, feature_names, candidate_ids, prefix_text):
         for count, position in enumerate(order):
             if count == fail_after:
                 raise KeyboardInterrupt

@@ -269,8 +269,13 @@ def format_prompt(query: str, demonstrations: Sequence[Example]) -> str:
 
     No space follows the final ``A:``: the answer's first token carries its own leading space.
     """
-    shots = "".join(f"Q: {demo.input}\nA: {demo.output}\n\n" for demo in demonstrations)
-    return f"{shots}Q: {query}\nA:"
+    return f"{demonstrations_text(demonstrations)}Q: {query}\nA:"
+
+
+def demonstrations_text(demonstrations: Sequence[Example]) -> str:
+    """The ``Q: {x_k}\nA: {y_k}\n\n`` blocks that start every prompt of `format_prompt` ("" for none):
+    the prefix a classifier's prompts share, whose keys and values are computed once."""
+    return "".join(f"Q: {demo.input}\nA: {demo.output}\n\n" for demo in demonstrations)
 
 
 def build_prompts(examples: Sequence[Example], demonstration_pool: Sequence[Example], shots: int,

@@ -19,6 +19,7 @@ import torch
 
 from adainfer.engine.executor import LayerInputs
 from adainfer.engine.model import EarlyExitModel
+from adainfer.engine.prefix import select_cache_rows
 
 
 @dataclass
@@ -36,7 +37,11 @@ def encode_batch(model: EarlyExitModel, prompts: Sequence[str]) -> PaddedBatch:
     """Encode each prompt as `model.encode` does (same ids, same `PromptError`s), then left-pad."""
     if not prompts:
         raise ValueError("no prompts to encode")
-    rows = [model.encode(prompt)[0] for prompt in prompts]
+    return pad_rows(model, [model.encode(prompt)[0] for prompt in prompts])
+
+
+def pad_rows(model: EarlyExitModel, rows: Sequence[torch.Tensor]) -> PaddedBatch:
+    """Left-pad token id rows (each (seq,)) into a `PaddedBatch`."""
     lengths = [len(row) for row in rows]
     width = max(lengths)
     # Padded positions are masked out, so any valid id will do when the tokenizer has no pad token.
@@ -92,6 +97,14 @@ def _tensors(value: Any) -> Iterator[torch.Tensor]:
             yield from _tensors(item)
 
 
+def _caches(values: Sequence[Any]) -> Iterator[Any]:
+    """The KV caches (objects with `layers` and `get_seq_length`) among layer arguments."""
+    for group in values:
+        for value in group:
+            if hasattr(value, "layers") and hasattr(value, "get_seq_length"):
+                yield value
+
+
 def check_layer_inputs(inputs: LayerInputs, batch_size: int) -> None:
     """Raise `ValueError` unless every recorded tensor is per-row (dim 0 = batch) or broadcast (dim 0 = 1)."""
     for layer, (args, kwargs) in enumerate(zip(inputs.layer_args, inputs.layer_kwargs)):
@@ -107,8 +120,13 @@ def keep_rows(hidden: torch.Tensor, inputs: LayerInputs, next_layer: int,
                index: torch.Tensor) -> tuple[torch.Tensor, LayerInputs]:
     """Rows `index` of `hidden` (batch, seq, hidden) and of the arguments of layers `next_layer` on.
 
-    The arguments of layers already run are never replayed, so they are left as they are.
+    The arguments of layers already run are never replayed, so they are left as they are. A KV
+    cache among them (a cached prompt prefix, `engine.prefix`) keeps those rows in its layers
+    `next_layer` on, in place: it is the batch's own copy.
     """
+    later_values = [*inputs.layer_args[next_layer:], *(kwargs.values() for kwargs in inputs.layer_kwargs[next_layer:])]
+    for cache in {id(value): value for value in _caches(later_values)}.values():
+        select_cache_rows(cache, index, next_layer)
     later = slice(next_layer, None)
     hidden, args, kwargs = select_rows((hidden, inputs.layer_args[later], inputs.layer_kwargs[later]),
                                        index, hidden.shape[0])

@@ -13,6 +13,9 @@ Three ratios, one per question:
 - `honest_flops_ratio`: one answer predicted from a prompt of s tokens (prefill). Every layer
   runs on all s positions, but the logit lens reads only the last one, so a check is paid once
   per prompt, not once per token: (s·l'·2(6h+s) + checks·C) / (s·L·2(6h+s) + V).
+- With a cached prefix of p tokens (`engine.prefix`), only the q = s - p query tokens run, each
+  still attending over all s positions: the prefill terms become q·l'·2(6h+s), and the dense
+  model it is compared with is the dense forward over the same cache, q·L·2(6h+s) + V.
 - `honest_decode_flops_ratio`: one decode step with a KV cache, one new position over a context
   of s tokens: (l'·2(6h+s) + checks·C) / (L·2(6h+s) + V).
 
@@ -63,7 +66,7 @@ class CostModel:
         return (exit_layer * layer + self.vocab_size) / (self.num_layers * layer + self.vocab_size)
 
     def honest_flops_ratio(self, exit_layer: int, seq_len: int, layers_checked: int,
-                           check_units: int | None = None) -> float:
+                           check_units: int | None = None, cached_tokens: int = 0) -> float:
         """Prefill cost of one early-exit answer over a prompt of `seq_len` tokens, relative to dense.
 
         The l' layers run on all s positions: s·l'·2(6h+s) units. Each checked layer reads the
@@ -73,11 +76,15 @@ class CostModel:
 
         `layers_checked` may be 0..L: 0 for an exit that reads no lens, and up to L because a
         check schedule can read a layer the exit does not count. `check_units` is C when it is
-        not V: |C| for a lens over a closed answer set's candidate rows.
+        not V: |C| for a lens over a closed answer set's candidate rows. `cached_tokens` p: the
+        first p positions come from a cached prefix, so only s - p positions run (module docstring),
+        in the early exit and in the dense forward it is compared with.
         """
         self._check_exit(exit_layer, seq_len)
         self._check_checks(seq_len, layers_checked, check_units)
-        prompt_layer = seq_len * self.layer_units(seq_len)
+        if not 0 <= cached_tokens < seq_len:
+            raise ValueError(f"cached_tokens must be in 0..{seq_len - 1}, got {cached_tokens}")
+        prompt_layer = (seq_len - cached_tokens) * self.layer_units(seq_len)
         spent = exit_layer * prompt_layer + layers_checked * self._per_check(check_units)
         return spent / (self.num_layers * prompt_layer + self.vocab_size)
 

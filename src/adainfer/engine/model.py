@@ -15,6 +15,7 @@ from adainfer.engine.cost import CostModel
 from adainfer.engine.executor import LayerExecutor
 from adainfer.engine.features import FeatureReader, as_numpy
 from adainfer.engine.loading import LoadedModel, load_model
+from adainfer.engine.prefix import PrefixCache
 
 
 class PromptError(ValueError):
@@ -53,6 +54,7 @@ class LayerTrace:
     feature_names: tuple[str, ...]
     seq_len: int
     cand_top1: np.ndarray | None = None  # (layers,) best candidate per layer, when candidates were given
+    cached_tokens: int = 0  # leading positions read from the cached prefix instead of computed
 
 
 class EarlyExitModel:
@@ -71,6 +73,7 @@ class EarlyExitModel:
         )
         self.max_context: int = getattr(config, "max_position_embeddings", None) or 2048
         self._token_bytes: int | None = None
+        self.prefix: PrefixCache | None = None
 
     @classmethod
     def from_pretrained(cls, source: str | None = None, cache_dir: str | Path | None = None) -> "EarlyExitModel":
@@ -115,6 +118,23 @@ class EarlyExitModel:
             raise PromptError(f"prompt has {size} bytes, more than the model's context of {self.max_context} tokens "
                               f"can hold")
 
+    def use_prefix(self, text: str | None) -> PrefixCache | None:
+        """Compute `text`'s keys and values once; later prompts starting with it run only their own tokens.
+
+        Prediction, traces and the cached dense baseline read `self.prefix` (`engine.row_groups`);
+        the same text again reuses it, another replaces it, None drops it. A prefix the context
+        cannot hold with at least one more token raises `PromptError`.
+        """
+        if text is None:
+            self.prefix = None
+        elif self.prefix is None or self.prefix.text != text:
+            ids = self.encode(text)
+            if ids.shape[1] >= self.max_context:
+                raise PromptError(f"prefix has {ids.shape[1]} tokens, leaving no room in the model's context of "
+                                  f"{self.max_context}")
+            self.prefix = PrefixCache.build(self.executor, text, ids.to(self.executor.head.weight.device))
+        return self.prefix
+
     def _longest_token_bytes(self) -> int:
         """The most UTF-8 bytes of text one token can stand for (an upper bound, from the vocabulary)."""
         if self._token_bytes is None:
@@ -149,10 +169,20 @@ class EarlyExitModel:
         The full-vocabulary lens always runs, so `top1` is the model's own top-1 at every layer. No
         row ever leaves, so the layers run in one `run_layers` call (no walk), and the lens reads
         every layer's last-token state in one product (`FeatureReader.read_all`): the head's V*h
-        weights are read once per prompt instead of once per layer.
+        weights are read once per prompt instead of once per layer. With a prefix in use
+        (`use_prefix`) that the prompt extends, only the prompt's own tokens run.
         """
-        input_ids = self.encode(prompt).to(self.executor.head.weight.device)
-        inputs = self.executor.prepare(input_ids)
+        device = self.executor.head.weight.device
+        input_ids = self.encode(prompt)
+        prefix = self.prefix if self.prefix is not None and self.prefix.applies_to(prompt) else None
+        query = prefix.query_ids(input_ids[0]) if prefix is not None else None
+        if query is None:
+            cached, inputs = 0, self.executor.prepare(input_ids.to(device))
+        else:  # only the prompt's own tokens run, over the prefix's cached keys and values
+            batch = prefix.query_batch([query])
+            cached, inputs = len(prefix), self.executor.prepare(
+                batch.input_ids.to(device), batch.attention_mask.to(device), prefix.batch_cache(1),
+                batch.position_ids.to(device))
         lasts: list[torch.Tensor] = []  # each layer's output at the last position, (1, hidden)
         with FeatureReader(self.executor, feature_names, candidate_ids, full_vocab=True) as reader:
             reader.reset(inputs.embeddings)
@@ -163,7 +193,7 @@ class EarlyExitModel:
         cand_top1 = (np.array([int(readout.cand_top1[0]) for readout in readouts])
                      if candidate_ids else None)
         return LayerTrace(features=features[0], top1=top1[0], feature_names=reader.feature_names,
-                          seq_len=input_ids.shape[1], cand_top1=cand_top1)
+                          seq_len=input_ids.shape[1], cand_top1=cand_top1, cached_tokens=cached)
 
 
 def model_slug(model: EarlyExitModel) -> str:

@@ -31,10 +31,12 @@ from adainfer.engine.files import check_output_file, lock_path, write_bytes_atom
 from adainfer.engine.model import EarlyExitModel
 from adainfer.eval.traces import Collection, CollectionFileError, few, load_collection, read_json_lines
 
-# Computes the rows of some prompts: given (index, prompt) pairs, the feature names and the
-# deduplicated candidate ids, yields (index, that prompt's `prompt_rows` text) for each pair once,
-# in any order (a pool of workers finishes prompts out of order; `collect` puts them back in order).
-RowSource = Callable[[Sequence[tuple[int, LabelledPrompt]], tuple[str, ...], list[int] | None],
+# Computes the rows of some prompts: given (index, prompt) pairs, the feature names, the
+# deduplicated candidate ids and the text of the model's cached prefix (`EarlyExitModel.use_prefix`:
+# a model elsewhere caches the same one, so its traces are the ones this model gives), yields
+# (index, that prompt's `prompt_rows` text) for each pair once, in any order (a pool of workers
+# finishes prompts out of order; `collect` puts them back in order).
+RowSource = Callable[[Sequence[tuple[int, LabelledPrompt]], tuple[str, ...], list[int] | None, str | None],
                      Iterable[tuple[int, str]]]
 
 
@@ -184,8 +186,8 @@ def _local_rows(model: EarlyExitModel) -> RowSource:
     """The default `RowSource`: this process computes each prompt's rows, in order, as it is asked."""
 
     def rows(pending: Sequence[tuple[int, LabelledPrompt]], feature_names: tuple[str, ...],
-             candidate_ids: list[int] | None) -> Iterator[tuple[int, str]]:
-        for index, item in pending:
+             candidate_ids: list[int] | None, prefix_text: str | None) -> Iterator[tuple[int, str]]:
+        for index, item in pending:  # `model` already holds the prefix named by `prefix_text`
             yield index, prompt_rows(model, index, item, feature_names, candidate_ids)
 
     return rows
@@ -209,7 +211,8 @@ def _collect_locked(model: EarlyExitModel, prompts: Sequence[LabelledPrompt], ou
     arrived: dict[int, str] = {}  # finished ahead of an earlier prompt: held until that one is written
     written = 0
     with output.open("a", encoding="utf-8") as handle:
-        for index, rows in row_source(pending, feature_names, candidate_ids):
+        prefix_text = model.prefix.text if model.prefix is not None else None
+        for index, rows in row_source(pending, feature_names, candidate_ids, prefix_text):
             if index not in awaited:
                 raise CollectionFileError(f"{output}: the rows of prompt {index} came back twice or were "
                                           f"not asked for")

@@ -113,11 +113,12 @@ def policy_decisions(policy: StopPolicy, collection: Collection, first_check: in
 
 
 def evaluate_policy(policy: StopPolicy, collection: Collection, first_check: int = 1,
-                    profile: CostProfile | None = None) -> PolicyReport:
-    """Replay `policy` over `collection` (not the data it was fitted on), checking from `first_check`."""
+                    profile: CostProfile | None = None, cached_tokens: int = 0) -> PolicyReport:
+    """Replay `policy` over `collection` (not the data it was fitted on), checking from `first_check`;
+    `cached_tokens` leading tokens of every prompt come from a cached prefix (`evaluate_decisions`)."""
     return evaluate_decisions(policy_decisions(policy, collection, first_check), collection,
                               reads_candidates_only(policy, collection), first_check,
-                              reads_previous_lens(policy.features), profile)
+                              reads_previous_lens(policy.features), profile, cached_tokens)
 
 
 @dataclass
@@ -159,14 +160,17 @@ def replay_exits(exits: np.ndarray, collection: Collection, candidates_only: boo
 
 def evaluate_decisions(decisions: np.ndarray, collection: Collection, candidates_only: bool,
                        first_check: int = 1, reads_previous: bool = False,
-                       profile: CostProfile | None = None) -> PolicyReport:
+                       profile: CostProfile | None = None, cached_tokens: int = 0) -> PolicyReport:
     """Score a policy's online decisions (prompts, layers), already made under `first_check`.
 
     Layers before `first_check` are not checked (a check schedule): no lens is paid there, except
     the layer just before it when the policy `reads_previous` lens (`agree_prev`). With
     `candidates_only` each check pays |C| units and the answer is the best candidate. With a
     measured `profile` of the same model, `estimated_time_ratio` is the time those layers and
-    reads take, relative to the dense model, at each prompt's length.
+    reads take, relative to the dense model, at each prompt's length. With `cached_tokens` p (a
+    cached prefix every prompt starts with) only the s - p query tokens run, in the early exit and
+    in the dense forward it is compared with: FLOPs count them over the whole context, and the
+    profile is read at the query length (it was measured there).
     """
     if decisions[:, : first_check - 1].any():
         raise ValueError(f"decisions accept layers before first_check={first_check}")
@@ -177,10 +181,10 @@ def evaluate_decisions(decisions: np.ndarray, collection: Collection, candidates
     reads = lens_reads(exits, first_check, reads_previous, layers)
     check_units = len(collection.candidate_ids) if candidates_only else None
     paper = [cost.paper_flops_ratio(int(e), int(s)) for e, s in zip(exits, collection.seq_len)]
-    honest = [cost.honest_flops_ratio(int(e), int(s), int(c), check_units)
+    honest = [cost.honest_flops_ratio(int(e), int(s), int(c), check_units, cached_tokens=cached_tokens)
               for e, s, c in zip(exits, collection.seq_len, reads)]
     timed = None if profile is None else float(np.mean([
-        profile.estimated_time_ratio(int(e), int(s), int(c), candidates_only)
+        profile.estimated_time_ratio(int(e), int(s) - cached_tokens, int(c), candidates_only)
         for e, s, c in zip(exits, collection.seq_len, reads)]))
     correct, dense_correct = replayed.correct, replayed.dense_correct
     change = correct.astype(np.int8) - dense_correct.astype(np.int8)

@@ -121,6 +121,15 @@ def _pct(value: float | None) -> str:
     return "–" if value is None else f"{100 * value:.1f} %"
 
 
+def _cached_dense_words(figure: dict[str, Any]) -> str:
+    """The speed figure against the model's forward over the cached prefix (absent from older cards)."""
+    if not figure.get("prefix_tokens"):
+        return ""
+    return (f"; vs the model's forward over the cached prefix: {figure['speedup_vs_cached_dense']:.2f}x "
+            f"({figure['cached_dense_seconds']:.1f} s; {figure['prefix_tokens']} prefix tokens cached once, "
+            f"{figure['prefix_bytes'] / 2**20:.1f} MiB)")
+
+
 def summary_lines(card: ClassifierCard) -> list[str]:
     """The few lines a user reads after `fit`: dense vs early exit, agreement, savings, speed, certificate."""
     test, cert = card.test, card.certificate
@@ -141,7 +150,8 @@ def summary_lines(card: ClassifierCard) -> list[str]:
                      f"{figure['speedup']:.2f}x ({figure['prompts']} prompts, {figure['dense_seconds']:.1f} s dense, "
                      f"{figure['early_exit_seconds']:.1f} s early exit, {figure['torch_threads']} threads)"
                      + ("" if own is None else f"; vs our own walk at full depth: {own:.2f}x "
-                                               f"({figure['full_depth_seconds']:.1f} s)"))
+                                               f"({figure['full_depth_seconds']:.1f} s)")
+                     + _cached_dense_words(figure))
     threshold = cert.get("threshold")
     if threshold is None:
         lines.append(f"certificate: no threshold passed with {cert['calibration_prompts']} calibration prompts at "

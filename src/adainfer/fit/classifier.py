@@ -2,8 +2,9 @@
 
 `EarlyExitClassifier(model=..., shots=5, epsilon=0.05, delta=0.05).fit(texts, labels)` runs
 `fit_classifier` on labelled texts; `predict(texts)` builds each prompt as the card says (the
-fixed demonstrations it was calibrated with) and answers in batches with `predict_batch`, each
-row leaving at its own exit layer. `save`/`load` use the policy directory (`config.json`, the
+fixed demonstrations it was calibrated with, whose keys and values the model computes once:
+`fit.cached_prefix`) and answers in batches with `predict_batch`, each row leaving at its own
+exit layer. `save`/`load` use the policy directory (`config.json`, the
 scorer, and the card), refusing one made for another model.
 """
 
@@ -18,6 +19,7 @@ from typing import Any
 from adainfer.data.tasks import Example
 from adainfer.engine.loading import cache_root
 from adainfer.engine.model import EarlyExitModel
+from adainfer.fit.cached_prefix import use_demonstrations
 from adainfer.fit.calibration_arrays import read_calibration, read_calibration_bytes
 from adainfer.fit.card import CardError, ClassifierCard, read_card
 from adainfer.fit.card_checks import check_card
@@ -51,6 +53,7 @@ def classify(model: EarlyExitModel, policy: StopPolicy, card: ClassifierCard, te
     if batch_size < 1:
         raise ValueError(f"batch size must be >= 1, got {batch_size}")
     prompts = [card.prompt(text) for text in texts]  # every input checked before any model work
+    use_demonstrations(model, card.demonstrations)  # computed once per model; prompts run their own tokens
     answers: list[Classification] = []
     for start in range(0, len(prompts), batch_size):
         batch = prompts[start:start + batch_size]

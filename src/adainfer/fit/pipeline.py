@@ -35,6 +35,7 @@ from adainfer.eval.collect import RowSource, collect_cached
 from adainfer.eval.replay import evaluate_policy, fit_on, policy_decisions
 from adainfer.eval.traces import Collection
 from adainfer.fit.answer_set import AnswerSet, detect_answer_set
+from adainfer.fit.cached_prefix import use_demonstrations
 from adainfer.fit.calibration_arrays import CALIBRATION_NPZ, CalibrationArrays
 from adainfer.fit.card import CARD_JSON, CARD_MD, ClassifierCard
 from adainfer.fit.card_checks import prompt_sha256
@@ -242,11 +243,13 @@ def fit_classifier(model: EarlyExitModel, source: TaskSource, options: FitOption
     answers, splits = plan.answers, plan.splits
     features = CLOSED_FEATURES if answers else OPEN_FEATURES
     folder = _cache_folder(cache_dir, model, source, splits, answers, features, options.seed)
+    prefix = use_demonstrations(model, splits.demonstrations)  # computed once; what is calibrated is what runs
+    cached_tokens = len(prefix) if prefix is not None else 0
     traces = _collect_splits(model, splits, folder, features, answers, progress, row_source)
     train, calibration, test = (traces[split] for split in SPLITS)
 
-    # The price of a check in layers, measured here at the prompts' typical length.
-    typical_length = int(np.median(train.seq_len))
+    # The price of a check in layers, measured here at the typical length of what runs: the query.
+    typical_length = max(int(np.median(train.seq_len)) - cached_tokens, 1)
     profile = measure_cost_profile(model, [typical_length], repeats=3,
                                    candidate_count=len(answers.token_ids) if answers else 4)
     check_cost = profile.check_seconds_at(typical_length, answers is not None) / profile.layer_seconds_at(typical_length)
@@ -259,7 +262,7 @@ def fit_classifier(model: EarlyExitModel, source: TaskSource, options: FitOption
     policy = fit_on(choice.build(features), train)
     certificate = policy.calibrate(calibration.select(features), _reference(calibration, answers),
                                    options.epsilon, options.delta)
-    report = evaluate_policy(policy, test, policy.first_check_, profile)
+    report = evaluate_policy(policy, test, policy.first_check_, profile, cached_tokens)
 
     speed, live_agrees = [], []
     timed = [prompt.prompt for prompt in splits.prompts("test")[: options.timing_prompts]]
@@ -286,7 +289,8 @@ def fit_classifier(model: EarlyExitModel, source: TaskSource, options: FitOption
                                     options.resplits, options.seed) if options.resplits else {},
         cost_profile={"seq_len": typical_length, "layer_seconds": profile.layer_seconds[0],
                       "check_seconds": profile.check_seconds_at(typical_length, answers is not None),
-                      "check_cost_in_layers": round(check_cost, 4), "torch_threads": profile.torch_threads},
+                      "check_cost_in_layers": round(check_cost, 4), "torch_threads": profile.torch_threads,
+                      "cached_tokens": cached_tokens, "cache_bytes": prefix.nbytes if prefix is not None else 0},
         scorer={**choice.to_dict(), "cheapest_first_check": cheapest},
         calibration_needed={"calibration_prompts": len(calibration),
                             "any_certificate": minimum_calibration_prompts(options.epsilon, options.delta),

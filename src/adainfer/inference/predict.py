@@ -12,8 +12,9 @@ from typing import Any
 
 import torch
 
-from adainfer.engine.batch import check_layer_inputs, encode_batch
+from adainfer.engine.batch import check_layer_inputs
 from adainfer.engine.model import EarlyExitModel
+from adainfer.engine.row_groups import group_prompts
 from adainfer.engine.walk import WalkResult, walk
 from adainfer.policies.base import StopPolicy
 
@@ -34,12 +35,13 @@ class ExitResult:
     first_read_layer: int  # first layer whose lens was read (first_check - 1 for `agree_prev`)
     lens_reads: int  # lens products paid: exit_layer - first_read_layer + 1
     accepted: bool  # False when the policy never accepted and the last layer answered
-    seq_len: int
+    seq_len: int  # tokens of the whole prompt, cached prefix included
     feature_names: tuple[str, ...]
     trace: list[list[float]]  # (lens_reads, n_features): the features read
     top1_trace: list[int]  # top-1 token id after each read layer
     paper_flops_ratio: float
     honest_flops_ratio: float
+    cached_tokens: int = 0  # leading prompt tokens read from the cached prefix (`EarlyExitModel.use_prefix`)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -53,7 +55,8 @@ def predict(model: EarlyExitModel, prompt: str, policy: StopPolicy,
 
 @torch.no_grad()
 def predict_batch(model: EarlyExitModel, prompts: Sequence[str], policy: StopPolicy,
-                  candidate_ids: Sequence[int] | None = None, first_check: int | None = None) -> list[ExitResult]:
+                  candidate_ids: Sequence[int] | None = None, first_check: int | None = None,
+                  use_prefix: bool = True) -> list[ExitResult]:
     """Answer each prompt with early exit; rows leave the batch at their own exit layer.
 
     The policy's check schedule is honoured as replay scores it (`adainfer.engine.walk`): no lens before
@@ -66,21 +69,26 @@ def predict_batch(model: EarlyExitModel, prompts: Sequence[str], policy: StopPol
     decisions, with features within float error (padding changes the order of sums, not values).
     `first_check` overrides the policy's schedule; `model.num_layers + 1` never checks, which runs
     every layer through this same walk and reads one lens, at the last layer, for the answer.
+
+    Prompts that extend the model's cached prefix (`EarlyExitModel.use_prefix`) run only their own
+    tokens over it, unless `use_prefix` is False (`engine.row_groups` decides per prompt).
     """
     if not prompts:
         return []
-    batch = encode_batch(model, prompts)
-    executor = model.executor
-    device = executor.head.weight.device  # a model on a GPU gets its inputs there
-    inputs = executor.prepare(batch.input_ids.to(device), batch.attention_mask.to(device),
-                              position_ids=batch.position_ids.to(device))
-    check_layer_inputs(inputs, len(prompts))
-    walked = walk(executor, inputs, policy, candidate_ids, first_check=first_check)
-    return [build_result(model, walked, row, batch.lengths[row]) for row in range(len(prompts))]
+    results: list[ExitResult | None] = [None] * len(prompts)
+    for group in group_prompts(model, prompts, use_prefix):
+        inputs = group.prepare(model.executor)
+        check_layer_inputs(inputs, len(group.rows))
+        walked = walk(model.executor, inputs, policy, candidate_ids, first_check=first_check)
+        for position, row in enumerate(group.rows):
+            results[row] = build_result(model, walked, position, group.seq_lens[position], group.cached_tokens)
+    return results
 
 
-def build_result(model: EarlyExitModel, walked: WalkResult, row: int, seq_len: int) -> ExitResult:
-    """The `ExitResult` of one row of a walk over a prompt of `seq_len` tokens."""
+def build_result(model: EarlyExitModel, walked: WalkResult, row: int, seq_len: int,
+                 cached_tokens: int = 0) -> ExitResult:
+    """The `ExitResult` of one row of a walk over a prompt of `seq_len` tokens, the first
+    `cached_tokens` of them read from a cached prefix."""
     rows, top1_trace, exit_layer = walked.features_read(row), walked.top1[row], walked.exits[row]
     return ExitResult(
         answer_token_id=top1_trace[-1],
@@ -96,5 +104,7 @@ def build_result(model: EarlyExitModel, walked: WalkResult, row: int, seq_len: i
         trace=rows.round(6).tolist(),
         top1_trace=top1_trace,
         paper_flops_ratio=model.cost_model.paper_flops_ratio(exit_layer, seq_len),
-        honest_flops_ratio=model.cost_model.honest_flops_ratio(exit_layer, seq_len, len(rows), walked.check_units),
+        honest_flops_ratio=model.cost_model.honest_flops_ratio(exit_layer, seq_len, len(rows), walked.check_units,
+                                                               cached_tokens=cached_tokens),
+        cached_tokens=cached_tokens,
     )

@@ -98,7 +98,8 @@ class PromptTracer:
     """
 
     def __init__(self, source: str | None, cache_dir: str | None, feature_names: Sequence[str],
-                 candidate_ids: Sequence[int] | None, expected_identity: dict[str, object]) -> None:
+                 candidate_ids: Sequence[int] | None, expected_identity: dict[str, object],
+                 prefix_text: str | None = None) -> None:
         torch.set_num_threads(1)  # workers are processes, one per CPU: threads inside would contend
         self.feature_names = tuple(feature_names)
         self.candidate_ids = list(candidate_ids) if candidate_ids else None
@@ -115,6 +116,11 @@ class PromptTracer:
             self.problem = (f"a worker loaded another model from {source or 'the default model'} "
                             f"(head {identity.get('head_sha256')}) than the driver "
                             f"(head {expected_identity.get('head_sha256')}); every node needs the same files")
+        elif prefix_text is not None:  # the driver's cached prefix: the same traces as the driver's
+            try:
+                self.model.use_prefix(prefix_text)
+            except ValueError as error:
+                self.problem = f"a worker cannot cache the prompts' prefix: {error}"
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         rows, errors = [], []
@@ -149,7 +155,7 @@ class RayRows:
     tracer: type = field(default=PromptTracer)
 
     def __call__(self, pending: Sequence[tuple[int, LabelledPrompt]], feature_names: tuple[str, ...],
-                 candidate_ids: list[int] | None) -> Iterator[tuple[int, str]]:
+                 candidate_ids: list[int] | None, prefix_text: str | None = None) -> Iterator[tuple[int, str]]:
         if not pending:
             return
         logging.getLogger("ray.data").setLevel(logging.ERROR)
@@ -163,7 +169,7 @@ class RayRows:
             self.tracer,
             fn_constructor_kwargs={"source": self.source, "cache_dir": self.cache_dir,
                                    "feature_names": feature_names, "candidate_ids": candidate_ids,
-                                   "expected_identity": self.expected_identity},
+                                   "expected_identity": self.expected_identity, "prefix_text": prefix_text},
             batch_size=1,
             batch_format="numpy",
             compute=ray.data.ActorPoolStrategy(size=min(self.workers or default_workers(cluster), len(items))),
