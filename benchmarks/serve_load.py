@@ -1,14 +1,15 @@
-"""Load test of `adainfer serve`: early exit against `--dense`, through the same server and batcher.
+"""Load test of `adainfer serve`: early exit against two dense baselines, through the same server and batcher.
 
-Two servers run as separate processes (`adainfer serve -p POLICY` and the same with `--dense`),
-each on its own port, so the clients here never share an interpreter with the model. For each
+Three servers run as separate processes (`adainfer serve -p POLICY`, the same with `--dense`: the
+model's forward on each full prompt, and with `--dense-cached`: its forward over the card's
+demonstrations computed once, the strongest dense baseline), each on its own port, so the clients here never share an interpreter with the model. For each
 level of concurrency in turn, each server is loaded by N concurrent asyncio httpx clients that
 send the same raw SST-2 inputs, one per `POST /v1/classify` request, until `--requests` are
-answered; the two servers take turns level by level, so a load change on a shared machine hits
+answered; the servers take turns level by level, so a load change on a shared machine hits
 both alike. Reported per server and level: throughput (requests/s over the wall time of the
 level), latency percentiles, and the mean batch size and exit layer read from the server's own
-/metrics (their change over the level). The labels of the two servers are compared too: how
-often early exit answers as the dense model does.
+/metrics (their change over the level). The labels are compared too: how often early exit
+answers as the dense model does.
 
 Inputs: the first `--requests` raw inputs of the task's held-out pool
 (`adainfer.fit.pipeline.task_source(task).eval_pool`), under the classifier's card (its prompt
@@ -42,7 +43,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from adainfer.fit.card import ClassifierCard, read_card
 from adainfer.fit.pipeline import task_source
 
-MODES = {"early_exit": [], "dense": ["--dense"]}
+MODES = {"early_exit": [], "dense": ["--dense"], "dense_cached": ["--dense-cached"]}
+BASELINES = ("dense", "dense_cached")
 
 
 def free_port() -> int:
@@ -150,18 +152,18 @@ def run_level(server: Server, texts: list[str], concurrency: int) -> dict:
 
 
 def markdown(report: dict) -> str:
-    rows = ["# `adainfer serve` under load: early exit against dense", "", f"`{report['command']}`", "",
+    rows = ["# `adainfer serve` under load: early exit against dense, on full prompts and over cached demonstrations", "", f"`{report['command']}`", "",
             f"Model `{report['model']}` ({report['num_layers']} layers), classifier `{report['policy']}` "
             f"({report['task']}, {report['shots']}-shot); {report['requests']} requests per level, one raw input "
             f"each; server batching: max batch {report['max_batch_size']}, max wait {report['max_wait_ms']} ms; "
             f"server torch threads: {report['server_threads']}; {report['cpus']} CPUs, load average "
             f"{report['load_average_start']} at start, {report['load_average_end']} at end.", "",
-            "| clients | mode | requests/s | p50 ms | p95 ms | p99 ms | mean batch | mean exit layer | speedup vs dense |",
+            "| clients | mode | requests/s | p50 ms | p95 ms | p99 ms | mean batch | mean exit layer | early exit / this |",
             "|---|---|---|---|---|---|---|---|---|"]
     for level in report["levels"]:
         for mode in MODES:
             figures = level[mode]
-            speedup = f"{level['speedup']:.2f}x" if mode == "early_exit" else ""
+            speedup = f"{level['speedup'][mode]:.2f}x" if mode in BASELINES else ""
             rows.append(f"| {level['concurrency']} | {mode} | {figures['throughput_rps']:.2f} | "
                         f"{figures['latency_ms']['p50']:.0f} | {figures['latency_ms']['p95']:.0f} | "
                         f"{figures['latency_ms']['p99']:.0f} | {figures['mean_batch_size']:.2f} | "
@@ -203,7 +205,8 @@ def main() -> None:
                 level[mode] = run_level(server, texts, concurrency)
                 print(f"{concurrency} clients, {mode}: {level[mode]['throughput_rps']:.2f} requests/s, "
                       f"mean batch {level[mode]['mean_batch_size']:.2f}", file=sys.stderr, flush=True)
-            level["speedup"] = round(level["early_exit"]["throughput_rps"] / level["dense"]["throughput_rps"], 3)
+            level["speedup"] = {baseline: round(level["early_exit"]["throughput_rps"] / level[baseline]["throughput_rps"], 3)
+                                for baseline in BASELINES}
             results.append(level)
     finally:
         exit_codes = {mode: server.stop() for mode, server in servers.items()}

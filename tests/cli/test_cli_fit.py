@@ -44,6 +44,7 @@ def test_predict_answers_raw_inputs_in_batches_and_compares_with_the_dense_model
     result = ok(*base, "--batch-size", 3)
     records = [json.loads(line) for line in result.stdout.splitlines()]
     assert len(records) == 7 and all(r["label"] in ("even", "odd") and "dense_correct" in r for r in records)
+    assert all(r["cached_tokens"] > 0 for r in records)  # the card's demonstrations ran once, as calibrated
     text = stderr(result)
     summary = json.loads(" ".join(text[text.rindex('{"prompts"'):].splitlines()))
     assert summary["prompts"] == 7 and {"accuracy", "dense_accuracy", "agreement_with_dense"} <= set(summary)

@@ -263,14 +263,15 @@ def test_a_full_queue_answers_503_with_retry_after(tiny_spaced_dir, classifier_d
                 assert answered(waiting.result()) == [expected[text] for text in TEXTS[:2]]
 
 
-def test_the_dense_server_answers_as_the_dense_model(tiny_spaced_dir, classifier_dir, reference):
+@pytest.mark.parametrize("options, mode", [({"dense": True}, "dense"), ({"cached_dense": True}, "dense_cached")])
+def test_the_dense_server_answers_as_the_dense_model(tiny_spaced_dir, classifier_dir, reference, options, mode):
     model, _, card = reference
     app = create_app(*load(tiny_spaced_dir, classifier_dir), MODEL_ID,
-                     ServeOptions(max_batch_size=8, dense=True))
+                     ServeOptions(max_batch_size=8, **options))
     with running(app) as base:
         body = httpx.post(f"{base}/v1/classify", json={"inputs": TEXTS[:12]}).json()
     token_ids = dense_answers(model, [card.prompt(text) for text in TEXTS[:12]], card.answer_token_ids)
-    assert body["mode"] == "dense"
+    assert body["mode"] == mode
     assert [a["label"] for a in body["answers"]] == [card.answer_set[card.answer_token_ids.index(token)]
                                                      for token in token_ids]
     assert all(a["exit_layer"] == model.num_layers and a["layers_saved"] == 0 for a in body["answers"])

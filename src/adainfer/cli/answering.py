@@ -9,7 +9,6 @@ import tempfile
 from pathlib import Path
 from typing import Annotated
 
-import numpy as np
 import typer
 
 from adainfer.cli.common import (CacheOption, ModelOption, check_prompts, clean_errors, err, open_model,
@@ -17,12 +16,11 @@ from adainfer.cli.common import (CacheOption, ModelOption, check_prompts, clean_
 from adainfer.cli.progress import progress_bar
 from adainfer.data.tasks import LabelledPrompt, read_inputs_jsonl, read_prompts_jsonl
 from adainfer.engine.files import check_output_file
-from adainfer.engine.model import EarlyExitModel
+from adainfer.fit.cached_prefix import use_demonstrations
 from adainfer.fit.card import CARD_JSON, ClassifierCard
 from adainfer.fit.classifier import load_classifier
-from adainfer.inference.dense import dense_answers
+from adainfer.inference.answering import Answer, answer_batches, summarize
 from adainfer.inference.generate import MODES, generate
-from adainfer.inference.predict import ExitResult, predict_batch
 from adainfer.inference.stream import GeneratedToken
 from adainfer.policies.io import load_policy
 
@@ -57,29 +55,27 @@ def predict(
     if classifier:
         policy, card = load_classifier(policy_dir, exit_model)
         candidates, prompts = card.answer_token_ids, [card.prompt(text) for text, _ in rows]
+        use_demonstrations(exit_model, card.demonstrations)  # as calibrated: each prompt runs its own tokens
     else:
         policy = load_policy(policy_dir, expected_identity=exit_model.identity())
         card, candidates, prompts = None, policy_candidates(exit_model, policy, choices), [text for text, _ in rows]
     items = [LabelledPrompt(prompt, gold) for prompt, (_, gold) in zip(prompts, rows)]
     check_prompts(exit_model, items, inputs_file)
-    scored = any(item.answer for item in items)
+    gold_tokens = [exit_model.answer_token(item.prompt, item.answer) if item.answer else None for item in items]
     # Results go to stdout as they come, or to a temporary file that replaces --out only once every
     # input is answered: a failure leaves an existing --out as it was.
     sink = tempfile.NamedTemporaryFile("w", encoding="utf-8", dir=out.parent, prefix=f".{out.name}.", suffix=".tmp",
                                        delete=False) if out else sys.stdout
-    records = []
+    answers: list[Answer] = []
     try:
         with progress_bar(err, transient=out is None) as progress:
             bar = progress.add_task("predicting", total=len(items))
-            for start in range(0, len(items), batch_size):
-                batch = items[start:start + batch_size]
-                results = predict_batch(exit_model, [item.prompt for item in batch], policy, candidates)
-                dense = dense_answers(exit_model, [item.prompt for item in batch], candidates) if scored else None
-                for offset, (item, result) in enumerate(zip(batch, results)):
-                    record = _record(exit_model, rows[start + offset][0], item, result, card,
-                                     None if dense is None else dense[offset])
-                    records.append(record)
-                    sink.write(json.dumps(record) + "\n")
+            for batch in answer_batches(exit_model, prompts, policy, candidates, batch_size=batch_size,
+                                        compare_dense=any(gold is not None for gold in gold_tokens)):
+                for answer in batch:
+                    row = len(answers)
+                    sink.write(json.dumps(_record(rows[row][0], items[row], answer, gold_tokens[row], card)) + "\n")
+                    answers.append(answer)
                 sink.flush()
                 progress.advance(bar, len(batch))
         if out:
@@ -90,39 +86,22 @@ def predict(
         if out:
             sink.close()
             Path(sink.name).unlink(missing_ok=True)
-    err.print(json.dumps(_summary(records)), highlight=False, soft_wrap=True)
+    err.print(json.dumps(summarize(answers, gold_tokens)), highlight=False, soft_wrap=True)
 
 
-def _record(model: EarlyExitModel, given: str, item: LabelledPrompt, result: ExitResult, card: ClassifierCard | None,
-            dense_token: int | None) -> dict:
+def _record(given: str, item: LabelledPrompt, answer: Answer, gold: int | None, card: ClassifierCard | None) -> dict:
     """One output line: the input (raw, or the prompt), the answer and its costs, and, with a gold
     answer, whether the early exit and the dense model got it right."""
+    result = answer.result
     record = {"input": given} if card else {"prompt": given}
     if card:
         record["label"] = card.answer_label(result.answer_token_id, result.answer_text)
     record.update(result.to_dict())
-    if item.answer:
-        gold = model.answer_token(item.prompt, item.answer)
+    if gold is not None:
         record.update({"gold": item.answer, "correct": result.answer_token_id == gold,
-                       "dense_correct": dense_token == gold, "agrees_with_dense": result.answer_token_id == dense_token})
+                       "dense_correct": answer.dense_token == gold,
+                       "agrees_with_dense": result.answer_token_id == answer.dense_token})
     return record
-
-
-def _summary(records: list[dict]) -> dict:
-    """Means over the answers; over those with a gold answer, early-exit and dense accuracy and agreement."""
-    def mean(values: list) -> float:
-        return round(float(np.mean(values)), 4)
-
-    summary: dict[str, object] = {"prompts": len(records), "mean_exit_layer": mean([r["exit_layer"] for r in records]),
-                                  "layers_saved": mean([1 - r["exit_layer"] / r["num_layers"] for r in records]),
-                                  "mean_paper_flops_ratio": mean([r["paper_flops_ratio"] for r in records]),
-                                  "mean_honest_flops_ratio": mean([r["honest_flops_ratio"] for r in records])}
-    scored = [record for record in records if "correct" in record]
-    if scored:
-        summary.update({"scored": len(scored), "accuracy": mean([r["correct"] for r in scored]),
-                        "dense_accuracy": mean([r["dense_correct"] for r in scored]),
-                        "agreement_with_dense": mean([r["agrees_with_dense"] for r in scored])})
-    return summary
 
 
 def _show(token: GeneratedToken) -> None:

@@ -40,6 +40,7 @@ def serve(
     max_wait_ms: Annotated[float, typer.Option(help="How long a batch waits for more inputs after its oldest one arrived.")] = 10.0,
     max_queue: Annotated[int, typer.Option(help="Most inputs waiting; beyond it requests get 503 with Retry-After.")] = 256,
     dense: Annotated[bool, typer.Option("--dense", help="Answer /v1/classify with the dense model (no early exit): the baseline.")] = False,
+    dense_cached: Annotated[bool, typer.Option("--dense-cached", help="Answer /v1/classify with the dense model over the card's demonstrations computed once: the strongest dense baseline.")] = False,
     threads: Annotated[int | None, typer.Option(help="torch threads of the model worker. Default: torch's.")] = None,
     log_level: Annotated[str, typer.Option(help="uvicorn's log level (critical, error, warning, info, debug).")] = "info",
     cache_dir: CacheOption = None,
@@ -73,6 +74,8 @@ def serve(
     if not 0 <= port <= 65535:
         raise ValueError(f"--port must be in 0..65535, got {port}")
     check_ray_options(ray, address, replicas, "--replicas")
+    if dense and dense_cached:
+        raise ValueError("--dense and --dense-cached are two baselines: choose one")
     if ray and port == 0:
         raise ValueError("--ray needs a fixed --port: Ray Serve's proxy cannot pick one")
     serving = ray_module("serving") if ray else None  # a missing extra fails before the model loads
@@ -82,9 +85,11 @@ def serve(
     policy, card = load_classifier(policy_dir, exit_model)  # a wrong classifier fails here, in one line
     model_id = model or DEFAULT_MODEL
     options = ServeOptions(max_batch_size=max_batch_size, max_wait_ms=max_wait_ms, max_queue=max_queue, dense=dense,
+                           cached_dense=dense_cached,
                            max_body_bytes=max_body_bytes, body_timeout_s=body_timeout, api_keys=keys,
                            show_pid=health_pid, docs=docs, shutdown_timeout_s=shutdown_timeout)
-    described = (f"{model_id} ({'dense' if dense else 'early exit'}, {card.task}: "
+    mode = "dense over the cached demonstrations" if dense_cached else "dense" if dense else "early exit"
+    described = (f"{model_id} ({mode}, {card.task}: "
                  f"{', '.join(card.answer_set or ['open vocabulary'])}) on http://{host}:{port} "
                  f"({f'{len(keys)} API key(s)' if keys else 'no API key'}; schema: /openapi.json)")
     if serving is not None:

@@ -2,7 +2,7 @@
 
 `calibration.npz` (read with `allow_pickle=False`) holds, for the n calibration prompts of L
 layers and F features: `features` (n, L, F) float64, the scorer's input; `scores` (n, L) float64,
-the scorer's margins as calibration ranked them; `reference` (n, L) int64, the answer each
+the scorer's margins as calibration ranked them (-inf before the first check, where it is never asked); `reference` (n, L) int64, the answer each
 layer's lens gave (the last layer's is the full model's), so each threshold's changed answers
 can be counted again; and `prompt_sha256`, the hash of the prompt format and demonstrations the
 prompts were built with. `adainfer verify` recomputes the certificate from them
@@ -58,7 +58,8 @@ def read_calibration(directory: Path) -> CalibrationArrays | None:
                                                                         "prompt_sha256"))
     if (features.dtype != np.float64 or scores.dtype != np.float64 or reference.dtype != np.int64
             or features.ndim != 3 or scores.shape != features.shape[:2] or reference.shape != scores.shape
-            or len(scores) == 0 or not np.isfinite(features).all() or not np.isfinite(scores).all()
+            or len(scores) == 0 or not np.isfinite(features).all() or np.isnan(scores).any()
+            or np.isposinf(scores).any()
             or digest.shape != () or digest.dtype.kind != "U"):
         raise CardError(f"{path}: arrays of the wrong type or shape (features {features.dtype} {features.shape}, "
                         f"scores {scores.dtype} {scores.shape}, reference {reference.dtype} {reference.shape})")

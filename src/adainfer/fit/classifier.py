@@ -25,7 +25,7 @@ from adainfer.fit.card import CardError, ClassifierCard, read_card
 from adainfer.fit.card_checks import check_card
 from adainfer.fit.pipeline import FitOptions, FittedClassifier, examples_source, fit_classifier
 from adainfer.fit.splits import SplitSizes
-from adainfer.inference.predict import predict_batch
+from adainfer.inference.answering import answer_batches
 from adainfer.policies.base import StopPolicy
 from adainfer.policies.io import load_policy
 
@@ -50,17 +50,14 @@ class Classification:
 def classify(model: EarlyExitModel, policy: StopPolicy, card: ClassifierCard, texts: Sequence[str],
              batch_size: int = 16, on_batch: Callable[[int], None] | None = None) -> list[Classification]:
     """Answer raw `texts` with early exit, `batch_size` at a time; `on_batch(rows)` after each batch."""
-    if batch_size < 1:
-        raise ValueError(f"batch size must be >= 1, got {batch_size}")
     prompts = [card.prompt(text) for text in texts]  # every input checked before any model work
     use_demonstrations(model, card.demonstrations)  # computed once per model; prompts run their own tokens
     answers: list[Classification] = []
-    for start in range(0, len(prompts), batch_size):
-        batch = prompts[start:start + batch_size]
-        for text, result in zip(texts[start:start + batch_size],
-                                predict_batch(model, batch, policy, card.answer_token_ids)):
+    for batch in answer_batches(model, prompts, policy, card.answer_token_ids, batch_size=batch_size):
+        for answer in batch:
+            result = answer.result
             answers.append(Classification(
-                input=text, label=card.answer_label(result.answer_token_id, result.answer_text),
+                input=texts[len(answers)], label=card.answer_label(result.answer_token_id, result.answer_text),
                 answer_token_id=result.answer_token_id, exit_layer=result.exit_layer, num_layers=result.num_layers,
                 accepted=result.accepted, layers_saved=1 - result.exit_layer / result.num_layers,
                 honest_flops_ratio=result.honest_flops_ratio))

@@ -34,7 +34,8 @@ from adainfer.serve.routes import ENDPOINTS, Server, router
 
 @dataclass(frozen=True)
 class ServeOptions:
-    """How the server batches and what it accepts; `dense` answers /v1/classify without early exit.
+    """How the server batches and what it accepts; `dense` answers /v1/classify without early exit,
+    `cached_dense` the same over the demonstrations' cached keys and values.
 
     api_keys: the keys a request must carry (`auth`); empty: none needed.
     body_timeout_s: the most seconds a request body may take to arrive.
@@ -48,6 +49,7 @@ class ServeOptions:
     max_queue: int = 256
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
     dense: bool = False
+    cached_dense: bool = False
     api_keys: tuple[str, ...] = ()
     body_timeout_s: float = DEFAULT_BODY_TIMEOUT_S
     show_pid: bool = False
@@ -59,7 +61,8 @@ def create_app(model: EarlyExitModel, policy: StopPolicy, card: ClassifierCard, 
                options: ServeOptions = ServeOptions()) -> FastAPI:
     """An app answering /v1/classify with the classifier (`policy`, `card`) and /v1/completions with
     lossless generation, all model work on one worker thread."""
-    classifier = BatchClassifier(model, card, None if options.dense else policy)
+    classifier = BatchClassifier(model, card, None if options.dense or options.cached_dense else policy,
+                                 cached_dense=options.cached_dense)
     metrics = ServeMetrics(model.num_layers, ENDPOINTS)
     worker: ModelWorker = ModelWorker(classifier.answer, classifier.check, max_batch_size=options.max_batch_size,
                                       max_wait=options.max_wait_ms / 1000, max_queue=options.max_queue,

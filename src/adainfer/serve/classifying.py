@@ -1,8 +1,10 @@
 """What one batch of /v1/classify runs: the fitted classifier with early exit, or the dense model.
 
-Both answer raw inputs through the classifier's card (its prompt format, fixed demonstrations and
+All answer raw inputs through the classifier's card (its prompt format, fixed demonstrations and
 answer set), so `--dense` changes only how deep the model runs: the baseline a load test
-compares early exit with, through the same queue and batcher.
+compares early exit with, through the same queue and batcher. `--dense-cached` is the stronger
+baseline: the dense forward over the demonstrations' keys and values computed once, as early
+exit runs over them.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from adainfer.engine.model import EarlyExitModel
+from adainfer.fit.cached_prefix import use_demonstrations
 from adainfer.fit.card import ClassifierCard
 from adainfer.fit.classifier import Classification, classify
 from adainfer.inference.dense import dense_answers
@@ -19,15 +22,19 @@ from adainfer.policies.base import StopPolicy
 
 @dataclass
 class BatchClassifier:
-    """The classifier a server answers with; `policy` None means the dense model (no early exit)."""
+    """The classifier a server answers with; `policy` None means the dense model (no early exit),
+    on full prompts or, with `cached_dense`, over the cached demonstrations."""
 
     model: EarlyExitModel
     card: ClassifierCard
     policy: StopPolicy | None
+    cached_dense: bool = False
 
     @property
     def mode(self) -> str:
-        return "dense" if self.policy is None else "early_exit"
+        if self.policy is not None:
+            return "early_exit"
+        return "dense_cached" if self.cached_dense else "dense"
 
     def check(self, text: str) -> None:
         """Raise `PromptError` (a ValueError) for an input whose prompt the model cannot take."""
@@ -43,7 +50,10 @@ class BatchClassifier:
         """The model's own forward (`dense_answers`), reported in the shape of an early-exit answer that
         ran every layer: nothing saved, the dense FLOPs."""
         layers = self.model.num_layers
-        token_ids = dense_answers(self.model, [self.card.prompt(text) for text in texts], self.card.answer_token_ids)
+        if self.cached_dense:
+            use_demonstrations(self.model, self.card.demonstrations)  # computed once per model
+        token_ids = dense_answers(self.model, [self.card.prompt(text) for text in texts], self.card.answer_token_ids,
+                                  use_prefix=self.cached_dense)
         return [Classification(input=text, label=self.card.answer_label(token_id, self.model.decode_token(token_id)),
                                answer_token_id=token_id, exit_layer=layers, num_layers=layers, accepted=False,
                                layers_saved=0.0, honest_flops_ratio=1.0)

@@ -64,7 +64,7 @@ class ClassifyAnswer(BaseModel):
 
 class ClassifyResponse(BaseModel):
     model: str
-    mode: Literal["early_exit", "dense"]
+    mode: Literal["early_exit", "dense", "dense_cached"]
     answers: list[ClassifyAnswer] = Field(description="One per input, in the order given.")
 
 
