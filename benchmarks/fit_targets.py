@@ -19,14 +19,15 @@ Usage: python benchmarks/fit_targets.py results/fit --out benchmarks/results/fit
 from __future__ import annotations
 
 import argparse
-import json
 import shlex
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from adainfer.engine.files import write_text_atomic  # noqa: E402
+from report_files import write_report  # noqa: E402
+
 from adainfer.fit.card import read_card  # noqa: E402
 from adainfer.fit.scorer_choice import share_of_oracle  # noqa: E402
 
@@ -94,8 +95,7 @@ def main() -> None:
     if not rows:
         raise SystemExit(f"error: no classifier (card.json) under {args.folder}")
     command = shlex.join(["python", "benchmarks/fit_targets.py", *sys.argv[1:]])
-    write_text_atomic(args.out.with_suffix(".json"), json.dumps({"command": command, "rows": rows}, indent=2) + "\n")
-    write_text_atomic(args.out.with_suffix(".md"), markdown(rows, command))
+    write_report(args.out, {"command": command, "rows": rows}, markdown(rows, command))
     print(markdown(rows, command))
 
 

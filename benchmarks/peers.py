@@ -26,7 +26,6 @@ Usage: python benchmarks/peers.py --classifier runs/fit/gemma3-270m-sst2 [--prom
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shlex
 import sys
@@ -39,9 +38,10 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from report_files import write_report  # noqa: E402
+
 from prefix_cache import test_prompts  # noqa: E402
 
-from adainfer.engine.files import write_text_atomic  # noqa: E402
 from adainfer.engine.loading import EMBEDDED_MODELS, cache_root  # noqa: E402
 from adainfer.engine.model import EarlyExitModel  # noqa: E402
 from adainfer.fit.cached_prefix import use_demonstrations  # noqa: E402
@@ -175,8 +175,7 @@ def main() -> None:
     report = {"command": shlex.join(["python", "benchmarks/peers.py", *sys.argv[1:]]), "gguf": gguf.name,
               "model": card.model, "task": card.task, "prompts": len(prompts), "prefix_tokens": len(prefix),
               "our_cache_bytes": prefix.nbytes, "cpu_count": os.cpu_count(), "rows": rows}
-    write_text_atomic(args.out.with_suffix(".json"), json.dumps(report, indent=2) + "\n")
-    write_text_atomic(args.out.with_suffix(".md"), markdown(report))
+    write_report(args.out, report, markdown(report))
     print(markdown(report))
 
 

@@ -25,7 +25,6 @@ Usage: python benchmarks/prefix_cache.py --classifier runs/fit/gemma3-270m-sst2 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import shlex
@@ -35,8 +34,10 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from adainfer.engine.files import write_text_atomic  # noqa: E402
+from report_files import write_report  # noqa: E402
+
 from adainfer.engine.model import EarlyExitModel  # noqa: E402
 from adainfer.engine.row_groups import group_prompts  # noqa: E402
 from adainfer.fit.cached_prefix import use_demonstrations  # noqa: E402
@@ -143,8 +144,7 @@ def main() -> None:
               "prefix_tokens": len(prefix), "cache_bytes": prefix.nbytes, "prefix_fallbacks": prefix.fallbacks,
               "cpu_count": os.cpu_count(), "default_threads": default_threads, "platform": platform.platform(),
               "torch": torch.__version__, "rows": rows}
-    write_text_atomic(args.out.with_suffix(".json"), json.dumps(report, indent=2) + "\n")
-    write_text_atomic(args.out.with_suffix(".md"), markdown(report))
+    write_report(args.out, report, markdown(report))
     print(markdown(report))
 
 

@@ -32,6 +32,9 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from report_files import write_report  # noqa: E402
 
 from adainfer.engine.files import write_text_atomic  # noqa: E402
 from adainfer.engine.model import EarlyExitModel  # noqa: E402
@@ -146,8 +149,7 @@ def main() -> None:
     model = EarlyExitModel.from_pretrained(None)
     rows = [run(model, name, args.runs) for name in names]
     command = shlex.join(["python", "benchmarks/scorer_choice.py", *sys.argv[1:]])
-    write_text_atomic(args.out.with_suffix(".json"), json.dumps({"command": command, "rows": rows}, indent=2) + "\n")
-    write_text_atomic(args.out.with_suffix(".md"), markdown(rows, command))
+    write_report(args.out, {"command": command, "rows": rows}, markdown(rows, command))
     print(markdown(rows, command))
 
 

@@ -11,6 +11,7 @@ import torch
 from adainfer.engine.lens import HeadRows
 from adainfer.engine.model import EarlyExitModel
 from adainfer.inference.generate import generate
+from adainfer.inference.int8_draft import int8_layers
 from adainfer.inference.stream import GeneratedToken
 from adainfer.policies.gap import GapThresholdPolicy
 from adainfer.testing.tiny_models import TINY_CONFIGS, save_tiny_model
@@ -83,6 +84,34 @@ def test_lossless_with_a_policy_equals_hf_greedy(models, family):
         assert result.token_ids == dense_greedy(model, prompt)
         assert_cache_consistent(model, prompt, result)
         assert result.attention_only_passes > 0  # drafts that exited early filled the layers above
+
+
+@pytest.mark.parametrize("family", sorted(TINY_CONFIGS))
+def test_lossless_with_int8_drafts_equals_hf_greedy(models, family):
+    model = models(family)
+    for prompt in PROMPTS:
+        expected = dense_greedy(model, prompt)
+        for draft_layer in (2, None):
+            result = generate(model, prompt, NEW, draft_layer=draft_layer, draft_weights="int8")
+            assert result.token_ids == expected, draft_layer
+            assert_cache_consistent(model, prompt, result)
+            # drafts' approximate K/V are recomputed: every verification runs every layer
+            assert result.layer_passes == (draft_layer or model.num_layers) * sum(result.draft_lengths) + \
+                model.num_layers * sum(result.draft_lengths)
+
+
+def test_int8_drafts_are_built_once_and_leave_the_models_layers_as_they_were(models):
+    model = models("qwen2")
+    first, second = int8_layers(model), int8_layers(model)
+    assert first is second
+    quantized = [m for m in first.modules() if isinstance(m, torch.ao.nn.quantized.dynamic.Linear)]
+    assert len(quantized) == sum(isinstance(m, torch.nn.Linear) for m in model.executor.layers.modules()) > 0
+    assert all(m.weight().qscheme() == torch.per_channel_affine for m in quantized)
+    assert all(type(m) is torch.nn.Linear for m in model.executor.layers.modules()
+               if "Linear" in type(m).__name__)
+    # a draft that disagrees with the model somewhere: the int8 copies are not the model's layers
+    rejected = generate(model, PROMPTS[1], NEW, draft_layer=1, draft_weights="int8")
+    assert sum(rejected.accepted_lengths) < sum(rejected.draft_lengths)
 
 
 def test_lossless_drafts_rejected_and_accepted_are_both_exercised(models):
@@ -207,6 +236,11 @@ def test_argument_errors_are_clear(models):
         generate(model, PROMPTS[0], 2, policy=NEVER, draft_layer=2)
     with pytest.raises(ValueError, match="draft layer must be in 1..4"):
         generate(model, PROMPTS[0], 2, draft_layer=5)
+    with pytest.raises(ValueError, match="draft_weights must be one of model, int8"):
+        generate(model, PROMPTS[0], 2, draft_weights="int4")
+    for options in ({"mode": "fast", "draft_layer": 2}, {"policy": NEVER}):
+        with pytest.raises(ValueError, match="fixed layer in lossless mode"):
+            generate(model, PROMPTS[0], 2, draft_weights="int8", **options)
 
 
 @pytest.mark.integration

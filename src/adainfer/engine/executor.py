@@ -10,7 +10,7 @@ the model's forward would run, and layers that are never replayed are never comp
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -130,17 +130,21 @@ class LayerExecutor:
 
     @torch.no_grad()
     def run_layers(self, hidden: torch.Tensor, inputs: LayerInputs, start: int, stop: int,
-                   on_layer: Callable[[int, torch.Tensor], None] | None = None) -> torch.Tensor:
+                   on_layer: Callable[[int, torch.Tensor], None] | None = None,
+                   layers: Sequence[nn.Module] | None = None) -> torch.Tensor:
         """Apply decoder layers `start` (inclusive) to `stop` (exclusive) to `hidden` (batch, seq, hidden).
 
         `run_layers(inputs.embeddings, inputs, 0, num_layers)` is the full model before its final norm.
         `on_layer(index, output)`, when given, sees each layer's 0-based index and output (batch, seq,
-        hidden) as it is computed: how a full-depth trace keeps every layer's state.
+        hidden) as it is computed: how a full-depth trace keeps every layer's state. `layers` replaces
+        the model's own layers with stand-ins of the same signature and cache index (a draft's
+        quantized copies, `adainfer.inference.int8_draft`), which see the same arguments.
         """
         if not 0 <= start <= stop <= self.num_layers:
             raise ValueError(f"need 0 <= start <= stop <= {self.num_layers}, got start={start}, stop={stop}")
+        layers = self.layers if layers is None else layers
         for index in range(start, stop):
-            output = self.layers[index](hidden, *inputs.layer_args[index], **inputs.layer_kwargs[index])
+            output = layers[index](hidden, *inputs.layer_args[index], **inputs.layer_kwargs[index])
             hidden = output[0] if isinstance(output, tuple) else output
             if on_layer is not None:
                 on_layer(index, hidden)

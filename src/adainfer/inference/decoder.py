@@ -104,7 +104,8 @@ class KVDecoder:
 
     @torch.no_grad()
     def early_pass(self, token_id: int, exit_layer: int | None = None, policy: StopPolicy | None = None,
-                   first_check: int | None = None, fill: bool = True, draft_rows: HeadRows | None = None) -> EarlyStep:
+                   first_check: int | None = None, fill: bool = True, draft_rows: HeadRows | None = None,
+                   layers: Sequence[torch.nn.Module] | None = None) -> EarlyStep:
         """Feed one token until `exit_layer` (fixed, 1..L) or until `policy` accepts; choose the next token.
 
         With a policy, layers are walked as in prediction (`adainfer.engine.walk`): the lens is read from
@@ -112,15 +113,18 @@ class KVDecoder:
         features of the layers checked, and the last layer always answers. With `fill`, the skipped layers get K/V by state propagation (module
         docstring); without it they are left short, which only a caller that crops them before
         they are read may do. `draft_rows` (a draft vocabulary) replace the full vocabulary of the lens
-        for a fixed exit layer.
+        for a fixed exit layer, and `layers` the model's own layers (stand-ins such as int8 copies,
+        whose K/V are approximate: the caller recomputes these positions before keeping them).
         """
         if (exit_layer is None) == (policy is None):
             raise ValueError("give exactly one of exit_layer and policy")
+        if layers is not None and (policy is not None or fill):
+            raise ValueError("stand-in layers draft at a fixed exit layer, without fill")
         inputs = self._prepare([token_id])
         if policy is None:
             if not 1 <= exit_layer <= self.num_layers:
                 raise ValueError(f"exit layer must be in 1..{self.num_layers}, got {exit_layer}")
-            hidden = self.executor.run_layers(inputs.embeddings, inputs, 0, exit_layer)
+            hidden = self.executor.run_layers(inputs.embeddings, inputs, 0, exit_layer, layers=layers)
             last = hidden[0, -1]
             if draft_rows is None:
                 token = int(self.executor.lens(last).argmax())

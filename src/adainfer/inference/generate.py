@@ -7,7 +7,11 @@ full model and keep the longest prefix it agrees with plus its own token at the 
 disagreement. Every emitted token is the full model's greedy choice, so the output equals
 `model.generate(do_sample=False)` token for token (up to float ties: verifying q tokens in one
 pass sums in another order than q one-token steps). The draft length adapts as in transformers'
-assisted generation: +2 after a fully accepted round, -1 otherwise.
+assisted generation: +2 after a fully accepted round, -1 otherwise. With `draft_weights="int8"` the
+drafts run int8 copies of the layers (`adainfer.inference.int8_draft`): on a CPU a decoding step is
+bound by reading the weights, so a draft that reads a quarter of the bytes is what pays where the
+lens settles only in the last layers; verification recomputes the drafted positions with the
+model's own layers, so the output is unchanged.
 
 `mode="fast"` verifies nothing: each token is its exit layer's lens top-1, and the layers it
 skipped get K/V by state propagation (`adainfer.inference.decoder`). Its quality must be measured.
@@ -30,10 +34,12 @@ import torch
 from adainfer.engine.lens import HeadRows
 from adainfer.engine.model import EarlyExitModel
 from adainfer.inference.decoder import EarlyStep, KVDecoder
+from adainfer.inference.int8_draft import int8_layers
 from adainfer.inference.stream import GeneratedToken, TokenStream
 from adainfer.policies.base import StopPolicy
 
 MODES = ("lossless", "fast")
+DRAFT_WEIGHTS = ("model", "int8")
 MAX_DRAFT = 16
 # Drafts are read from the first 32,768 ids (plus ASCII characters, the prompt's and the generated
 # tokens): byte-pair and SentencePiece vocabularies number tokens roughly by frequency. On a large
@@ -135,6 +141,7 @@ def generate(model: EarlyExitModel, prompt: str, max_new_tokens: int, *, mode: s
              policy: StopPolicy | None = None, draft_layer: int | None = None,
              stop: str | Sequence[str] | None = None, first_check: int | None = None,
              draft_vocab: int | Sequence[int] | None = DEFAULT_DRAFT_VOCAB, initial_draft: int = 4,
+             draft_weights: str = "model",
              on_token: Callable[[GeneratedToken], None] | None = None) -> GenerationResult:
     """Generate up to `max_new_tokens` tokens after `prompt` greedily, with early exit.
 
@@ -154,20 +161,24 @@ def generate(model: EarlyExitModel, prompt: str, max_new_tokens: int, *, mode: s
         Verification always uses the full head, so this changes the acceptance rate and the
         speed, never the output. Unused with a policy (its features need the full lens) and in
         fast mode.
+    draft_weights: "model" drafts with the model's own layers, whose K/V below the draft layer are
+        kept; "int8" (lossless, fixed draft layer) with int8 copies of them, whose drafted
+        positions verification recomputes at every layer. Changes the speed, never the output.
     on_token: called with each `GeneratedToken` as soon as it is final (for streaming).
 
     Raises ValueError for max_new_tokens <= 0, an unknown mode, a bad exit layer, and a prompt
     whose length plus max_new_tokens exceeds the model's context: the message gives the largest
     max_new_tokens that fits (we refuse rather than truncate silently).
     """
-    draft_layer = _check_request(model, mode, max_new_tokens, policy, draft_layer, initial_draft)
+    draft_layer = _check_request(model, mode, max_new_tokens, policy, draft_layer, initial_draft, draft_weights)
     prompt_ids = _prompt_ids(model, prompt, max_new_tokens)
     stops = [stop] if isinstance(stop, str) else list(stop or [])
     output = TokenStream(model, max_new_tokens, stops, on_token)
     if mode == "lossless":
         draft_rows = None if draft_vocab is None or policy is not None else _draft_rows(model, draft_vocab, prompt_ids)
-        decoder, stats = _lossless(model, prompt_ids, output, EarlyRule(policy, draft_layer, first_check, draft_rows),
-                                   initial_draft)
+        layers = int8_layers(model) if draft_weights == "int8" else None
+        decoder, stats = _lossless(model, prompt_ids, output,
+                                   EarlyRule(policy, draft_layer, first_check, draft_rows, layers), initial_draft)
     else:
         decoder, stats = _fast(model, prompt_ids, output, EarlyRule(policy, draft_layer, first_check))
     return GenerationResult(
@@ -179,10 +190,15 @@ def generate(model: EarlyExitModel, prompt: str, max_new_tokens: int, *, mode: s
 
 
 def _check_request(model: EarlyExitModel, mode: str, max_new_tokens: int, policy: StopPolicy | None,
-                   draft_layer: int | None, initial_draft: int) -> int | None:
+                   draft_layer: int | None, initial_draft: int, draft_weights: str) -> int | None:
     """Validate `generate`'s arguments; the fixed draft or exit layer (None with a policy)."""
     if mode not in MODES:
         raise ValueError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
+    if draft_weights not in DRAFT_WEIGHTS:
+        raise ValueError(f"draft_weights must be one of {', '.join(DRAFT_WEIGHTS)}, got {draft_weights!r}")
+    if draft_weights != "model" and (mode != "lossless" or policy is not None):
+        raise ValueError(f"draft_weights={draft_weights!r} drafts at a fixed layer in lossless mode, "
+                         f"without a policy")
     if max_new_tokens <= 0:
         raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
     if policy is not None and draft_layer is not None:
@@ -252,17 +268,26 @@ class GenerationStats(GenerationCosts):
 @dataclass(frozen=True)
 class EarlyRule:
     """Where an early pass exits: where `policy` accepts (asked from `first_check`, or its learned
-    schedule), else at the fixed `layer`; drafts read `draft_rows` of the head (None: the full lens)."""
+    schedule), else at the fixed `layer`; drafts read `draft_rows` of the head (None: the full lens)
+    and run `draft_layers` (stand-ins such as int8 copies; None: the model's own layers)."""
 
     policy: StopPolicy | None
     layer: int | None
     first_check: int | None
     draft_rows: HeadRows | None = None
+    draft_layers: Sequence[torch.nn.Module] | None = None
+
+    @property
+    def keeps_draft_cache(self) -> bool:
+        """Whether the drafts' K/V are the model's own (a fixed layer, its own weights): verification
+        then runs only the layers above; otherwise it recomputes the drafted positions everywhere."""
+        return self.policy is None and self.draft_layers is None
 
     def early_pass(self, decoder: KVDecoder, token: int, fill: bool) -> EarlyStep:
         """`decoder.early_pass` of `token` under this rule; `fill` propagates state to the layers skipped."""
         return decoder.early_pass(token, exit_layer=None if self.policy else self.layer, policy=self.policy,
-                                  first_check=self.first_check, fill=fill, draft_rows=self.draft_rows)
+                                  first_check=self.first_check, fill=fill, draft_rows=self.draft_rows,
+                                  layers=self.draft_layers)
 
 
 def _prefill(decoder: KVDecoder, prompt_ids: list[int], output: TokenStream, stats: GenerationStats) -> int | None:
@@ -294,7 +319,8 @@ def _lossless(model: EarlyExitModel, prompt_ids: list[int], output: TokenStream,
     last draft of a fully accepted round becomes the next committed token, fed by the next round,
     so no pass is spent on a bonus token. At a fixed draft layer the drafts' K/V below it is exact
     and kept: verification runs only the layers above (`KVDecoder.finish_pass`). Drafts from a
-    policy exit at different layers, so the cache is cropped back and every layer is recomputed.
+    policy exit at different layers, and int8 drafts' K/V are approximate, so then the cache is
+    cropped back and every layer is recomputed.
     """
     decoder, stats = KVDecoder(model, record_past=True), GenerationStats()
     num_layers = decoder.num_layers
@@ -349,9 +375,9 @@ def _verify(decoder: KVDecoder, fed: list[int], steps: list[EarlyStep], committe
     """The full model's token after each fed position: its verdict on every draft.
 
     At a fixed draft layer only the layers above it run, on the drafts' own hidden states; drafts
-    from a policy are recomputed at every layer from `committed` on.
+    from a policy or from stand-in layers are recomputed at every layer from `committed` on.
     """
-    if rule.policy is None:
+    if rule.keeps_draft_cache:
         logits = decoder.finish_pass(fed, torch.cat([step.hidden for step in steps], dim=1), rule.layer)
         verified_layers = decoder.num_layers - rule.layer
     else:
