@@ -23,7 +23,7 @@ rejected, lens reads and state-propagation fills included; `adainfer.engine.cost
 decoding of the same tokens costs, summed over prompts.
 
 Usage: python benchmarks/generation.py [--model gemma3-270m] [--prompts 50] [--max-new-tokens 24]
-       [--draft-layer 18] [--draft-weights model,int8] [--draft-vocab 32768] [--fast-exit-layer 15,17] [--policy DIR]
+       [--draft-layer 18] [--draft-weights model,int8,int8+lookup] [--prompt-lookup 10] [--draft-vocab 32768] [--fast-exit-layer 15,17] [--policy DIR]
        [--first-check 12] [--hf-prompt-lookup 0] [--threads 1] [--out benchmarks/results/generation-MODEL]
        (writes OUT.json, every prompt's outputs and timings, and OUT.md, the summary table)
 """
@@ -225,7 +225,9 @@ def main() -> None:
     parser.add_argument("--max-new-tokens", type=int, default=24)
     parser.add_argument("--draft-layer", default=None, help="lossless draft layer(s), comma-separated (default: L)")
     parser.add_argument("--draft-weights", default="model",
-                        help="lossless draft weights, comma-separated: model (its own layers), int8 (int8 copies)")
+                        help="lossless draft weights, comma-separated: model (its own layers), int8 (int8 copies); "
+                             "WEIGHTS+lookup also copies drafts from the text (--prompt-lookup tokens)")
+    parser.add_argument("--prompt-lookup", type=int, default=10, help="drafts copied per round by WEIGHTS+lookup")
     parser.add_argument("--draft-vocab", type=int, default=32768, help="draft head rows: ids 0..N-1 (0 = full head)")
     parser.add_argument("--fast-exit-layer", default="15,17", help="fast-mode fixed exit layer(s), comma-separated, or ''")
     parser.add_argument("--policy", default=None, help="stop-policy directory for a fast-mode run")
@@ -245,9 +247,17 @@ def main() -> None:
     num_layers = model.num_layers
     layers = lambda text: [int(item) for item in text.split(",") if item.strip()]  # noqa: E731
     draft_layers = layers(args.draft_layer) if args.draft_layer else [num_layers]
-    methods = {f"lossless draft_layer={layer}" + ("" if weights == "model" else f" draft_weights={weights}"):
-               dict(mode="lossless", draft_layer=layer, draft_vocab=args.draft_vocab or None, draft_weights=weights)
-               for weights in args.draft_weights.split(",") for layer in draft_layers}
+    methods = {}
+    for variant in args.draft_weights.split(","):
+        weights, _, lookup = variant.partition("+")
+        if lookup not in ("", "lookup"):
+            parser.error(f"--draft-weights: {variant!r} is not WEIGHTS or WEIGHTS+lookup")
+        lookup_size = args.prompt_lookup if lookup else 0
+        for layer in draft_layers:
+            name = (f"lossless draft_layer={layer}" + ("" if weights == "model" else f" draft_weights={weights}")
+                    + (f" prompt_lookup={lookup_size}" if lookup_size else ""))
+            methods[name] = dict(mode="lossless", draft_layer=layer, draft_vocab=args.draft_vocab or None,
+                                 draft_weights=weights, prompt_lookup=lookup_size)
     methods.update({f"fast exit_layer={layer}": dict(mode="fast", draft_layer=layer)
                     for layer in layers(args.fast_exit_layer)})
     if args.policy:

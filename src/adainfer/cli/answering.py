@@ -121,6 +121,9 @@ def generate_command(
     draft_weights: Annotated[str, typer.Option(help=f"Lossless drafts' weights, {' or '.join(DRAFT_WEIGHTS)}: int8 "
                                                     "copies of the layers read a quarter of the bytes (faster on a "
                                                     "CPU, a quarter more memory); the output is the same.")] = "model",
+    prompt_lookup: Annotated[int, typer.Option(help="Lossless: draft up to this many tokens copied from where the "
+                                                    "last tokens occurred before in the prompt or output (0: "
+                                                    "never); the output is the same.")] = 0,
     stop: Annotated[list[str] | None, typer.Option(help="Stop once the output contains this string (repeatable); streamed, then cut from the text.")] = None,
     first_check: Annotated[int | None, typer.Option(help="First layer at which the policy is asked (1-based); "
                                                     "default: the schedule the policy learned.")] = None,
@@ -131,7 +134,8 @@ def generate_command(
     exit_model = open_model(model, cache_dir)
     policy = load_policy(policy_dir, expected_identity=exit_model.identity()) if policy_dir else None
     result = generate(exit_model, prompt, max_new_tokens, mode=mode, policy=policy, draft_layer=draft_layer,
-                      stop=stop, first_check=first_check, draft_weights=draft_weights, on_token=_show)
+                      stop=stop, first_check=first_check, draft_weights=draft_weights,
+                      prompt_lookup=prompt_lookup, on_token=_show)
     sys.stdout.write("\n")
     summary = {"mode": result.mode, "tokens": len(result.token_ids), "finish_reason": result.finish_reason,
                "tokens_per_second": round(result.tokens_per_second, 2), "seconds": round(result.seconds, 3),

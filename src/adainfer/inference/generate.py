@@ -25,16 +25,16 @@ from __future__ import annotations
 import string
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
-from typing import Any
+from dataclasses import asdict, dataclass
 
-import numpy as np
 import torch
 
 from adainfer.engine.lens import HeadRows
 from adainfer.engine.model import EarlyExitModel
 from adainfer.inference.decoder import EarlyStep, KVDecoder
+from adainfer.inference.generation_costs import GenerationResult, GenerationStats
 from adainfer.inference.int8_draft import int8_layers
+from adainfer.inference.prompt_lookup import lookup_drafts
 from adainfer.inference.stream import GeneratedToken, TokenStream
 from adainfer.policies.base import StopPolicy
 
@@ -50,79 +50,6 @@ MAX_DRAFT = 16
 # decoding 1.4x faster than HF generate, where the full head makes it slower
 # (results/generation-gemma3-270m.md).
 DEFAULT_DRAFT_VOCAB = 32768
-
-
-@dataclass
-class GenerationCosts:
-    """What one generation spent, counted per (position, layer), prompt excluded.
-
-    `layer_passes`: decoder layers applied to one position (drafts, verification, early passes).
-    `attention_only_passes`: skipped layers whose K/V came from state propagation (fast mode).
-    `lens_rows`: full-vocabulary LM-head products; `draft_head_rows`: draft reads of the draft
-    vocabulary's rows only. `draft_lengths` / `accepted_lengths`: per verification (lossless).
-    `flops_units`: FLOPs spent (`adainfer.engine.cost` units) by every pass above, each position at its
-    own context length (`CostModel.decode_units`), drafts that were rejected included;
-    `dense_flops_units`: what dense decoding of the same tokens costs (`dense_decode_units`).
-    """
-
-    layer_passes: int = 0
-    attention_only_passes: int = 0
-    lens_rows: int = 0
-    draft_head_rows: int = 0
-    flops_units: int = 0
-    dense_flops_units: int = 0
-    draft_lengths: list[int] = field(default_factory=list)
-    accepted_lengths: list[int] = field(default_factory=list)
-
-
-@dataclass(kw_only=True)
-class GenerationResult(GenerationCosts):
-    """Text and costs (`GenerationCosts`) of one `generate` call.
-
-    `kv_lengths`: positions cached per layer at the end; the last token is never fed back, so it is
-    prompt_tokens + len(token_ids) - 1 in every layer. `first_token_seconds`: time to first token.
-    """
-
-    text: str
-    token_ids: list[int]
-    exit_layers: list[int]
-    mode: str
-    num_layers: int
-    prompt_tokens: int
-    finish_reason: str  # "length", "eos" or "stop"
-    kv_lengths: list[int] = field(default_factory=list)
-    seconds: float = 0.0
-    first_token_seconds: float = 0.0
-
-    @property
-    def tokens_per_second(self) -> float:
-        return len(self.token_ids) / self.seconds if self.seconds > 0 else 0.0
-
-    @property
-    def mean_accepted_length(self) -> float:
-        """Drafts accepted per verification (lossless); NaN when nothing was verified."""
-        return float(np.mean(self.accepted_lengths)) if self.accepted_lengths else float("nan")
-
-    @property
-    def mean_exit_layer(self) -> float:
-        """Mean depth whose lens chose each token (num_layers for the full model's tokens)."""
-        return float(np.mean(self.exit_layers)) if self.exit_layers else float("nan")
-
-    @property
-    def layers_per_token(self) -> float:
-        """Decoder-layer passes per generated token after the first (dense decoding: num_layers)."""
-        after_first = len(self.token_ids) - 1
-        return self.layer_passes / after_first if after_first > 0 else float("nan")
-
-    @property
-    def honest_flops_ratio(self) -> float:
-        """Decode FLOPs relative to dense decoding, lens checks and fills included; NaN with no decode step."""
-        return self.flops_units / self.dense_flops_units if self.dense_flops_units else float("nan")
-
-    def to_dict(self) -> dict[str, Any]:
-        return {**asdict(self), "tokens_per_second": self.tokens_per_second,
-                "mean_accepted_length": self.mean_accepted_length, "mean_exit_layer": self.mean_exit_layer,
-                "layers_per_token": self.layers_per_token, "honest_flops_ratio": self.honest_flops_ratio}
 
 
 def ascii_character_tokens(model: EarlyExitModel) -> list[int]:
@@ -141,7 +68,7 @@ def generate(model: EarlyExitModel, prompt: str, max_new_tokens: int, *, mode: s
              policy: StopPolicy | None = None, draft_layer: int | None = None,
              stop: str | Sequence[str] | None = None, first_check: int | None = None,
              draft_vocab: int | Sequence[int] | None = DEFAULT_DRAFT_VOCAB, initial_draft: int = 4,
-             draft_weights: str = "model",
+             draft_weights: str = "model", prompt_lookup: int = 0,
              on_token: Callable[[GeneratedToken], None] | None = None) -> GenerationResult:
     """Generate up to `max_new_tokens` tokens after `prompt` greedily, with early exit.
 
@@ -164,6 +91,10 @@ def generate(model: EarlyExitModel, prompt: str, max_new_tokens: int, *, mode: s
     draft_weights: "model" drafts with the model's own layers, whose K/V below the draft layer are
         kept; "int8" (lossless, fixed draft layer) with int8 copies of them, whose drafted
         positions verification recomputes at every layer. Changes the speed, never the output.
+    prompt_lookup: lossless only; when > 0, a round whose last 2-3 tokens occurred earlier in the
+        prompt or output drafts up to this many of the tokens that followed them, at no layer's
+        cost (`adainfer.inference.prompt_lookup`), instead of early passes. Changes the speed,
+        never the output.
     on_token: called with each `GeneratedToken` as soon as it is final (for streaming).
 
     Raises ValueError for max_new_tokens <= 0, an unknown mode, a bad exit layer, and a prompt
@@ -171,6 +102,9 @@ def generate(model: EarlyExitModel, prompt: str, max_new_tokens: int, *, mode: s
     max_new_tokens that fits (we refuse rather than truncate silently).
     """
     draft_layer = _check_request(model, mode, max_new_tokens, policy, draft_layer, initial_draft, draft_weights)
+    if prompt_lookup < 0 or (prompt_lookup and mode != "lossless"):
+        raise ValueError(f"prompt_lookup must be >= 0, and is for lossless mode only; got {prompt_lookup} "
+                         f"in {mode} mode")
     prompt_ids = _prompt_ids(model, prompt, max_new_tokens)
     stops = [stop] if isinstance(stop, str) else list(stop or [])
     output = TokenStream(model, max_new_tokens, stops, on_token)
@@ -178,7 +112,8 @@ def generate(model: EarlyExitModel, prompt: str, max_new_tokens: int, *, mode: s
         draft_rows = None if draft_vocab is None or policy is not None else _draft_rows(model, draft_vocab, prompt_ids)
         layers = int8_layers(model) if draft_weights == "int8" else None
         decoder, stats = _lossless(model, prompt_ids, output,
-                                   EarlyRule(policy, draft_layer, first_check, draft_rows, layers), initial_draft)
+                                   EarlyRule(policy, draft_layer, first_check, draft_rows, layers), initial_draft,
+                                   prompt_lookup)
     else:
         decoder, stats = _fast(model, prompt_ids, output, EarlyRule(policy, draft_layer, first_check))
     return GenerationResult(
@@ -236,35 +171,6 @@ def _draft_rows(model: EarlyExitModel, draft_vocab: int | Sequence[int], prompt_
     return HeadRows(model.executor.lens, first_ids, extra_ids + prompt_ids)
 
 
-class GenerationStats(GenerationCosts):
-    """The costs of a generation in progress: the passes below add to them as they run."""
-
-    def count_early(self, step: EarlyStep, decoder: KVDecoder, draft_rows: HeadRows | None = None) -> None:
-        """Count one early pass; it just fed position decoder.length - 1, over a context of decoder.length."""
-        self.layer_passes += step.exit_layer
-        self.attention_only_passes += step.filled_layers
-        if draft_rows is None:
-            self.lens_rows += step.lens_checks
-        else:
-            self.draft_head_rows += 1
-        cost, context = decoder.model.cost_model, decoder.length
-        self.flops_units += (cost.decode_units(step.exit_layer, context, step.lens_checks,
-                                               len(draft_rows) if draft_rows is not None else None)
-                             + step.filled_layers * cost.attention_units(context))
-
-    def count_verification(self, decoder: KVDecoder, layers: int, committed: int, positions: int) -> None:
-        """Count `layers` layers and one full lens row on `positions` positions from `committed` + 1 on."""
-        self.layer_passes += layers * positions
-        self.lens_rows += positions
-        self.flops_units += sum(decoder.model.cost_model.decode_units(layers, committed + offset + 1, 1)
-                                for offset in range(positions))
-
-    def count_dense(self, decoder: KVDecoder, first_context: int, tokens: int) -> None:
-        """Add the dense cost of `tokens` decode steps over contexts first_context, first_context + 1, ..."""
-        cost = decoder.model.cost_model
-        self.dense_flops_units += sum(cost.dense_decode_units(first_context + offset) for offset in range(tokens))
-
-
 @dataclass(frozen=True)
 class EarlyRule:
     """Where an early pass exits: where `policy` accepts (asked from `first_check`, or its learned
@@ -310,7 +216,7 @@ def _fast(model: EarlyExitModel, prompt_ids: list[int], output: TokenStream,
 
 
 def _lossless(model: EarlyExitModel, prompt_ids: list[int], output: TokenStream, rule: EarlyRule,
-              initial_draft: int) -> tuple[KVDecoder, GenerationStats]:
+              initial_draft: int, prompt_lookup: int = 0) -> tuple[KVDecoder, GenerationStats]:
     """Draft-then-verify rounds.
 
     A round feeds the committed token, then each draft but the last, through early passes: q
@@ -320,25 +226,41 @@ def _lossless(model: EarlyExitModel, prompt_ids: list[int], output: TokenStream,
     so no pass is spent on a bonus token. At a fixed draft layer the drafts' K/V below it is exact
     and kept: verification runs only the layers above (`KVDecoder.finish_pass`). Drafts from a
     policy exit at different layers, and int8 drafts' K/V are approximate, so then the cache is
-    cropped back and every layer is recomputed.
+    cropped back and every layer is recomputed. With `prompt_lookup` > 0, a round whose last tokens
+    occurred earlier takes drafts from what followed them (`lookup_drafts`), runs no early pass,
+    and verifies them at every layer. A wrong copy costs a verification of all it proposed, so
+    their number adapts like the drafts' (up to `prompt_lookup`), and after a copy whose first
+    token was wrong the next round drafts with early passes.
     """
     decoder, stats = KVDecoder(model, record_past=True), GenerationStats()
     num_layers = decoder.num_layers
     token = _prefill(decoder, prompt_ids, output, stats)
     draft_size = min(initial_draft, MAX_DRAFT)
+    lookup_size, lookup_missed = min(initial_draft, prompt_lookup), False
     while token is not None:
         if rule.draft_rows is not None:
             rule.draft_rows.add(token)
         committed = decoder.length  # positions whose K/V is final; `token` goes at this one
-        fed, drafts, steps = _draft(decoder, token, min(draft_size, output.remaining), output.eos_ids, rule, stats)
+        copied = [] if lookup_missed else lookup_drafts(prompt_ids + output.token_ids,
+                                                        min(lookup_size, output.remaining))
+        if copied:  # free drafts: the full model's verdict on each is its depth
+            fed, drafts, steps, depths = [token, *copied[:-1]], copied, None, [num_layers] * len(copied)
+        else:
+            fed, drafts, steps = _draft(decoder, token, min(draft_size, output.remaining), output.eos_ids, rule, stats)
+            depths = [step.exit_layer for step in steps]
         targets = _verify(decoder, fed, steps, committed, rule, stats)
         accepted = 0
         while accepted < len(drafts) and drafts[accepted] == targets[accepted]:
             accepted += 1
         stats.draft_lengths.append(len(drafts))
         stats.accepted_lengths.append(accepted)
-        draft_size = min(draft_size + 2, MAX_DRAFT) if accepted == len(drafts) else max(1, draft_size - 1)
-        emitted = [(draft, step.exit_layer) for draft, step in zip(drafts[:accepted], steps)]
+        if copied:  # a copy that missed at once is not tried again until a drafted round has passed
+            lookup_size = min(lookup_size + 2, prompt_lookup) if accepted == len(drafts) else max(1, lookup_size - 1)
+            lookup_missed = accepted == 0
+        else:
+            draft_size = min(draft_size + 2, MAX_DRAFT) if accepted == len(drafts) else max(1, draft_size - 1)
+            lookup_missed = False
+        emitted = list(zip(drafts[:accepted], depths))
         if accepted < len(drafts):
             emitted.append((targets[accepted], num_layers))
         token = emitted[-1][0]
@@ -370,14 +292,15 @@ def _draft(decoder: KVDecoder, token: int, size: int, eos_ids: set[int], rule: E
     return fed, drafts, steps
 
 
-def _verify(decoder: KVDecoder, fed: list[int], steps: list[EarlyStep], committed: int, rule: EarlyRule,
+def _verify(decoder: KVDecoder, fed: list[int], steps: list[EarlyStep] | None, committed: int, rule: EarlyRule,
             stats: GenerationStats) -> list[int]:
     """The full model's token after each fed position: its verdict on every draft.
 
     At a fixed draft layer only the layers above it run, on the drafts' own hidden states; drafts
-    from a policy or from stand-in layers are recomputed at every layer from `committed` on.
+    from a policy or from stand-in layers are recomputed at every layer from `committed` on, and
+    drafts that ran no early pass (`steps` None: copied ones) are computed there.
     """
-    if rule.keeps_draft_cache:
+    if steps is not None and rule.keeps_draft_cache:
         logits = decoder.finish_pass(fed, torch.cat([step.hidden for step in steps], dim=1), rule.layer)
         verified_layers = decoder.num_layers - rule.layer
     else:

@@ -25,7 +25,8 @@ from starlette.responses import StreamingResponse
 from starlette.types import Receive, Scope, Send
 
 from adainfer.engine.model import EarlyExitModel
-from adainfer.inference.generate import GenerationResult, generate
+from adainfer.inference.generate import generate
+from adainfer.inference.generation_costs import GenerationResult
 from adainfer.inference.stream import GeneratedToken
 from adainfer.serve.errors import error_body
 from adainfer.serve.schemas import Completion, CompletionChoice, CompletionUsage
