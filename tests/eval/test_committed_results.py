@@ -10,24 +10,37 @@ from typer.testing import CliRunner
 from adainfer.cli.app import app
 
 REPO = Path(__file__).resolve().parents[2]
-TABLE = REPO / "results" / "user-task-english-german"
-TABLE_FILES = ("tasks.md", "tasks.csv", "tasks.json", "groups.md", "beyond.md", "best_within_1pt.md",
-               "calibration.md", "calibration.csv", "factor_study.md", "rows.json", "provenance.json")
+REPORT_FILES = ("tasks.md", "tasks.csv", "tasks.json", "groups.md", "beyond.md", "best_within_1pt.md",
+                "calibration.md", "calibration.csv", "factor_study.md", "rows.json", "provenance.json")
+# One table of each kind: a report over one setting pair, and the k-shot report, whose several
+# numbers of demonstrations add the per-k table (tasks_by_shots).
+COMMITTED_TABLES = {
+    "user-task-english-german": REPORT_FILES,
+    "gemma3-270m-kshot": REPORT_FILES + ("tasks_by_shots.md", "tasks_by_shots.csv", "tasks_by_shots.json"),
+}
 
 
-def test_a_committed_table_rebuilds_byte_identical_from_the_committed_traces(tmp_path, monkeypatch):
-    command = json.loads((TABLE / "tasks.json").read_text())["command"]
+def rebuild(command: str, tmp_path: Path, monkeypatch) -> Path:
+    """Run a committed table's command, as committed, from a scratch folder that sees the repository's
+    traces; the scratch folder, where its tables now are."""
     words = shlex.split(command)
-    assert words[:2] == ["adainfer", "report"] and words[2].startswith("results/traces/")
-    # The command as committed, run from a scratch folder that sees the repository's traces.
+    assert words[0] == "adainfer" and words[2].startswith("results/traces/")
     (tmp_path / "results").mkdir()
     (tmp_path / "results" / "traces").symlink_to(REPO / "results" / "traces")
     monkeypatch.chdir(tmp_path)
     result = CliRunner().invoke(app, words[1:])
     assert result.exit_code == 0, result.output
-    for name in TABLE_FILES:
-        rebuilt = tmp_path / "results" / "user-task-english-german" / name
-        assert rebuilt.read_bytes() == (TABLE / name).read_bytes(), name
+    return tmp_path
+
+
+@pytest.mark.parametrize("table", sorted(COMMITTED_TABLES))
+def test_a_committed_table_rebuilds_byte_identical_from_the_committed_traces(table, tmp_path, monkeypatch):
+    folder = REPO / "results" / table
+    command = json.loads((folder / "tasks.json").read_text())["command"]
+    assert shlex.split(command)[:2] == ["adainfer", "report"]
+    rebuilt = rebuild(command, tmp_path, monkeypatch) / "results" / table
+    for name in COMMITTED_TABLES[table]:
+        assert (rebuilt / name).read_bytes() == (folder / name).read_bytes(), name
 
 
 @pytest.mark.parametrize("folder", sorted(path.parent for path in (REPO / "results").glob("*/tasks.json")),
