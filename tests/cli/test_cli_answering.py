@@ -20,6 +20,14 @@ def test_generate_streams_the_lossless_text_then_a_summary(tiny_qwen2_dir):
     assert summary["finish_reason"] == expected.finish_reason
 
 
+def test_generate_with_int8_drafts_and_copies_streams_the_same_text(tiny_qwen2_dir):
+    expected = generate(EarlyExitModel.from_pretrained(str(tiny_qwen2_dir)), PROMPT, 12)
+    result = invoke("generate", PROMPT, "-n", 12, "--draft-weights", "int8", "--prompt-lookup", 4,
+                    "--model", tiny_qwen2_dir)
+    assert result.exit_code == 0, result.output
+    assert result.stdout == expected.text + "\n"
+
+
 def test_generate_fast_mode_reports_exit_layers(tiny_qwen2_dir):
     result = invoke("generate", PROMPT, "-n", 5, "--mode", "fast", "--draft-layer", 1, "--model", tiny_qwen2_dir)
     assert result.exit_code == 0, result.output
@@ -30,7 +38,9 @@ def test_generate_fast_mode_reports_exit_layers(tiny_qwen2_dir):
 def test_generate_bad_input_is_one_clean_error(tiny_qwen2_dir):
     for args, keyword in [(("-n", 0), "max_new_tokens must be >= 1"),
                           (("-n", 4, "--mode", "fast"), "fast mode needs a policy"),
-                          (("-n", 500), "use at most")]:
+                          (("-n", 500), "use at most"),
+                          (("-n", 4, "--draft-weights", "int4"), "draft_weights must be one of model, int8"),
+                          (("-n", 4, "--prompt-lookup", -2), "prompt_lookup must be >= 0")]:
         result = invoke("generate", PROMPT, *args, "--model", tiny_qwen2_dir)
         assert result.exit_code == 2, result.output
         errors = [line for line in stderr(result).splitlines() if line.startswith("error:")]

@@ -10,7 +10,8 @@ from cli_runner import assert_clean_error, invoke
 
 
 @pytest.mark.parametrize("option, value", [("--max-batch-size", 0), ("--max-queue", 0), ("--max-wait-ms", -1),
-                                           ("--threads", 0), ("--port", 70000)])
+                                           ("--threads", 0), ("--port", 70000), ("--draft-weights", "int4"),
+                                           ("--prompt-lookup", -1)])
 def test_bad_options_are_refused_before_the_model_loads(tmp_path, option, value):
     result = invoke("serve", "-p", tmp_path, option, value, "--model", tmp_path / "never-loaded")
     assert_clean_error(result, option)

@@ -122,6 +122,20 @@ def test_the_openai_client_gets_the_models_greedy_output(url, reference):
     assert [listed.id for listed in client.models.list()] == [MODEL_ID]
 
 
+def test_completions_drafted_by_int8_layers_and_copies_are_still_the_greedy_output(tiny_spaced_dir, classifier_dir,
+                                                                                   reference):
+    model = reference[0]
+    app = create_app(*load(tiny_spaced_dir, classifier_dir), MODEL_ID,
+                     ServeOptions(draft_weights="int8", prompt_lookup=4))
+    prompts = ["Q: red cat 3\nA:", "Q: red cat red cat red\nA: red cat"]
+    with running(app) as base:
+        body = httpx.post(f"{base}/v1/completions", json={"prompt": prompts, "max_tokens": 16}).json()
+    for prompt, choice in zip(prompts, body["choices"]):
+        ids = model.encode(prompt)
+        greedy = model.model.generate(ids, attention_mask=ids.new_ones(ids.shape), max_new_tokens=16, do_sample=False)
+        assert choice["text"] == model.tokenizer.decode(greedy[0, ids.shape[1]:], skip_special_tokens=True)
+
+
 def test_the_openai_client_streams_the_same_text_and_stops_before_a_stop_string(url, reference):
     model = reference[0]
     client = openai.OpenAI(base_url=f"{url}/v1", api_key="unused")

@@ -19,6 +19,7 @@ from adainfer.cli.common import CacheOption, ModelOption, clean_errors, err, ope
 from adainfer.cli.scaling import AddressOption, RayOption, absolute, check_ray_options, ray_connection, ray_module, worker_source
 from adainfer.engine.loading import DEFAULT_MODEL
 from adainfer.fit.classifier import load_classifier
+from adainfer.inference.generate import DRAFT_WEIGHTS
 from adainfer.serve.app import ServeOptions, create_app
 from adainfer.serve.auth import KEY_ENVIRONMENT, api_keys, is_loopback
 from adainfer.serve.connections import ConnectionLimits, server_config
@@ -58,10 +59,14 @@ def serve(
     shutdown_timeout: Annotated[float, typer.Option(help="Seconds SIGTERM waits for requests in flight and the worker before it exits anyway.")] = LIMITS.shutdown_timeout_s,
     health_pid: Annotated[bool, typer.Option("--health-pid", help="/healthz names the answering process (tells replicas apart).")] = False,
     docs: Annotated[bool, typer.Option("--docs", help="Serve /docs and /redoc (their pages load scripts from a public CDN).")] = False,
+    draft_weights: Annotated[str, typer.Option(help=f"How /v1/completions drafts: {' or '.join(DRAFT_WEIGHTS)} (int8 copies of the layers: faster on a CPU, a quarter more memory; the text is the same).")] = "model",
+    prompt_lookup: Annotated[int, typer.Option(help="/v1/completions also drafts up to this many tokens copied from the prompt or output (0: never; the text is the same).")] = 0,
 ) -> None:
     """Serve /v1/classify (early exit, dynamic batching), /v1/completions (lossless, OpenAI schema), /metrics, /healthz."""
     if max_batch_size < 1 or max_queue < 1 or max_wait_ms < 0 or (threads is not None and threads < 1):
         raise ValueError("--max-batch-size, --max-queue and --threads must be >= 1 and --max-wait-ms >= 0")
+    if draft_weights not in DRAFT_WEIGHTS or prompt_lookup < 0:
+        raise ValueError(f"--draft-weights must be one of {', '.join(DRAFT_WEIGHTS)} and --prompt-lookup >= 0")
     if max_body_bytes < 1 or body_timeout <= 0:
         raise ValueError("--max-body-bytes must be >= 1 and --body-timeout > 0")
     limits = ConnectionLimits(header_timeout_s=header_timeout, max_header_bytes=max_header_bytes,
@@ -87,7 +92,8 @@ def serve(
     options = ServeOptions(max_batch_size=max_batch_size, max_wait_ms=max_wait_ms, max_queue=max_queue, dense=dense,
                            cached_dense=dense_cached,
                            max_body_bytes=max_body_bytes, body_timeout_s=body_timeout, api_keys=keys,
-                           show_pid=health_pid, docs=docs, shutdown_timeout_s=shutdown_timeout)
+                           show_pid=health_pid, docs=docs, shutdown_timeout_s=shutdown_timeout,
+                           draft_weights=draft_weights, prompt_lookup=prompt_lookup)
     mode = "dense over the cached demonstrations" if dense_cached else "dense" if dense else "early exit"
     described = (f"{model_id} ({mode}, {card.task}: "
                  f"{', '.join(card.answer_set or ['open vocabulary'])}) on http://{host}:{port} "

@@ -241,8 +241,8 @@ def _lossless(model: EarlyExitModel, prompt_ids: list[int], output: TokenStream,
         if rule.draft_rows is not None:
             rule.draft_rows.add(token)
         committed = decoder.length  # positions whose K/V is final; `token` goes at this one
-        copied = [] if lookup_missed else lookup_drafts(prompt_ids + output.token_ids,
-                                                        min(lookup_size, output.remaining))
+        copied = (lookup_drafts(prompt_ids + output.token_ids, min(lookup_size, output.remaining))
+                  if prompt_lookup and not lookup_missed else [])
         if copied:  # free drafts: the full model's verdict on each is its depth
             fed, drafts, steps, depths = [token, *copied[:-1]], copied, None, [num_layers] * len(copied)
         else:

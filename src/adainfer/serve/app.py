@@ -42,6 +42,8 @@ class ServeOptions:
     show_pid: /healthz names the answering process (to tell replicas apart); off, it leaks nothing.
     docs: serve /docs and /redoc (their pages load scripts from a CDN); /openapi.json is always served.
     shutdown_timeout_s: how long the worker may take to finish what it holds when the server stops.
+    draft_weights, prompt_lookup: how /v1/completions drafts (`adainfer.inference.generate.generate`);
+        they change its speed, never its text.
     """
 
     max_batch_size: int = 16
@@ -55,6 +57,8 @@ class ServeOptions:
     show_pid: bool = False
     docs: bool = False
     shutdown_timeout_s: float = 30.0
+    draft_weights: str = "model"
+    prompt_lookup: int = 0
 
 
 def create_app(model: EarlyExitModel, policy: StopPolicy, card: ClassifierCard, model_id: str,
@@ -81,7 +85,8 @@ def create_app(model: EarlyExitModel, policy: StopPolicy, card: ClassifierCard, 
                   redoc_url="/redoc" if options.docs else None,
                   description=f"Early-exit classification ({card.task}: {', '.join(card.answer_set or ['open'])}) "
                               f"and lossless greedy completions on {model_id}.")
-    app.state.server = Server(model, card, classifier, worker, metrics, model_id, int(time.time()), options.show_pid)
+    app.state.server = Server(model, card, classifier, worker, metrics, model_id, int(time.time()), options.show_pid,
+                              options.draft_weights, options.prompt_lookup)
     install_error_handlers(app, metrics)
     app.add_middleware(BodyLimit, max_bytes=options.max_body_bytes, read_timeout=options.body_timeout_s,
                        refuse=lambda status, message: error_response(metrics, ServeError(

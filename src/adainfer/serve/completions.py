@@ -99,6 +99,8 @@ class GenerationJob:
     stops: Sequence[str]
     emit: Callable[[CompletionEvent], None] | None = None
     count_token: Callable[[], None] | None = None
+    draft_weights: str = "model"
+    prompt_lookup: int = 0
 
     def __call__(self, cancelled: threading.Event) -> list[GenerationResult]:
         check_prompts(self.model, self.prompts, self.max_tokens)
@@ -116,7 +118,7 @@ class GenerationJob:
                 self.emit(CompletionEvent(index, piece))
 
         result = generate(self.model, prompt, self.max_tokens, mode="lossless", stop=list(self.stops),
-                          on_token=on_token)
+                          draft_weights=self.draft_weights, prompt_lookup=self.prompt_lookup, on_token=on_token)
         if self.emit is not None:
             rest = result.text[len(holdback.sent):] if result.text.startswith(holdback.sent) else ""
             self.emit(CompletionEvent(index, rest, FINISH_REASONS[result.finish_reason]))

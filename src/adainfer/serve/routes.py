@@ -47,6 +47,7 @@ class Server:
     """What the routes of one app share: the model, its classifier, the one worker thread and the metrics.
 
     `show_pid`: /healthz names the answering process (to tell replicas apart); off, it leaks nothing.
+    `draft_weights`, `prompt_lookup`: how completions draft (`generate`'s options of those names).
     """
 
     model: EarlyExitModel
@@ -57,6 +58,8 @@ class Server:
     model_id: str
     created: int
     show_pid: bool = False
+    draft_weights: str = "model"
+    prompt_lookup: int = 0
 
     def check_inputs(self, texts: Sequence[str], what: str, prompt: Callable[[str], str] = lambda text: text) -> None:
         """The model's cheap checks (`check_prompt`: Unicode, size) on each input, before it is queued."""
@@ -101,7 +104,8 @@ async def completions(request: CompletionRequest, state: ServerDep) -> Any:
                                                  f"serves {state.model_id!r} (GET /v1/models)")
     state.check_inputs(request.prompts, "prompt")
     job = GenerationJob(state.model, request.prompts, request.max_tokens, request.stops,
-                        count_token=state.metrics.generated_tokens.inc)
+                        count_token=state.metrics.generated_tokens.inc, draft_weights=state.draft_weights,
+                        prompt_lookup=state.prompt_lookup)
     request_id = completion_id()
     if not request.stream:
         ticket = state.worker.submit(job)
