@@ -323,7 +323,7 @@ def main() -> None:
         "seconds": round(time.perf_counter() - started, 1),
         "per_prompt": records,
     }
-    out = args.out or Path("benchmarks/results") / f"generation-{Path(args.model).stem}"
+    out = args.out or Path("benchmarks/results") / f"generation-{Path(args.model).name.removesuffix('.gguf')}"
     write_report(out, report, markdown(report))
     print(markdown(report))
 
