@@ -47,8 +47,8 @@ MAX_DRAFT = 16
 # against ~5M per layer), so a draft read through the full head is barely cheaper than a dense step;
 # a draft only has to be a good guess (verification decides), so it is read from these rows only, as
 # FR-Spec (Zhao et al. 2025) drafts from frequent tokens. On Gemma 3 270M this makes lossless
-# decoding 1.4x faster than HF generate, where the full head makes it slower
-# (results/generation-gemma3-270m.md).
+# decoding 1.27x faster than HF generate (benchmarks/results/generation-gemma3-270m.md), where the
+# full head made it slower (benchmarks/results/generation_draft_layers_full_head.json).
 DEFAULT_DRAFT_VOCAB = 32768
 
 
@@ -79,7 +79,7 @@ def generate(model: EarlyExitModel, prompt: str, max_new_tokens: int, *, mode: s
         `first_check` when given. Otherwise `draft_layer` (1..L) is the fixed
         exit layer of every draft (lossless) or of every token (fast, where it has no default).
         The lossless default is L: on Gemma 3 270M the lens of earlier layers agrees with the last
-        layer too rarely for shallower drafts to pay (results/generation-gemma3-270m.md).
+        layer too rarely for shallower drafts to pay (benchmarks/results/generation_draft_layers.json).
     stop: a string, or several, ending generation once the output contains it; the returned text
         is cut before it (streamed pieces are not). A stop string never produced runs to the end.
     draft_vocab: lossless drafts at a fixed layer are read from these token ids (an int N means
