@@ -178,13 +178,17 @@ def hf_lookup_row(model: EarlyExitModel, item: dict, max_new_tokens: int, lookup
                   dense_decode: float) -> dict:
     """HF prompt-lookup decoding on `item`, as a method row compared with plain HF greedy `dense`."""
     result = hf_greedy(model, item["prompt"], max_new_tokens, prompt_lookup=lookup)
-    tokens = len(result["token_ids"])
     row = {**result, "exit_layers": [], "lens_rows": 0, "layers_per_token": None,
-           "tokens_per_second": tokens / result["seconds"]}
+           "tokens_per_second": len(result["token_ids"]) / result["seconds"]}
+    return compared_with_hf(row, item, dense, dense_decode)
+
+
+def compared_with_hf(row: dict, item: dict, dense: dict, dense_decode: float) -> dict:
+    """`row` (a method's text, tokens and times on `item`) with its ratios to HF greedy `dense` and its SQuAD scores."""
     row["speed_ratio"] = row["tokens_per_second"] / dense["tokens_per_second"]
-    row["decode_ratio"] = decode_rate(tokens, result["seconds"], result["first_token_seconds"]) / dense_decode
+    row["decode_ratio"] = decode_rate(len(row["token_ids"]), row["seconds"], row["first_token_seconds"]) / dense_decode
     if item["golds"]:
-        row["squad"] = squad_scores(result["text"], item["golds"])
+        row["squad"] = squad_scores(row["text"], item["golds"])
     return row
 
 
@@ -290,14 +294,9 @@ def main() -> None:
                 "text", "token_ids", "exit_layers", "lens_rows", "draft_head_rows", "layer_passes",
                 "attention_only_passes", "seconds", "first_token_seconds", "tokens_per_second", "layers_per_token",
                 "flops_units", "dense_flops_units", "honest_flops_ratio")}
-            row["speed_ratio"] = result.tokens_per_second / dense["tokens_per_second"]
-            row["decode_ratio"] = decode_rate(len(result.token_ids), result.seconds,
-                                              result.first_token_seconds) / dense_decode
             if options["mode"] == "lossless":
                 row["draft_lengths"], row["accepted_lengths"] = result.draft_lengths, result.accepted_lengths
-            if item["golds"]:
-                row["squad"] = squad_scores(result.text, item["golds"])
-            record["methods"][name] = row
+            record["methods"][name] = compared_with_hf(row, item, dense, dense_decode)
         records.append(record)
         speeds = ", ".join(f"{name}: {row['speed_ratio']:.2f}x" for name, row in record["methods"].items())
         print(f"[{number}/{len(prompts)}] {time.perf_counter() - started:.0f}s {speeds}", file=sys.stderr, flush=True)
